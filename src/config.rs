@@ -1,0 +1,346 @@
+//! Typed, validated configuration: TOML file, environment-variable overrides, secrets.
+//!
+//! Loading is [`Config::load`]: read the file, apply `RLSGATE_<SECTION>__<KEY>` environment
+//! overrides (see [`Config::from_toml_with_env`]), deserialize (unknown keys are refused)
+//! and [`Config::validate`]. Secrets are never stored in the config itself, only where to
+//! find them: [`JwtConfig::secret`] and [`UpstreamConfig::target`] read them on demand.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod env;
+mod secret;
+#[cfg(test)]
+mod tests;
+mod upstream;
+mod validate;
+
+pub use env::ENV_PREFIX;
+pub use upstream::{UpstreamHost, UpstreamTarget};
+
+/// Everything that can go wrong while loading or using the configuration.
+///
+/// Every variant names the config key (or environment variable) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type; the message names the key.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    /// An `RLSGATE_*__*` environment override is malformed or does not fit its key.
+    #[error("invalid environment override `{var}`: {reason}")]
+    Env { var: String, reason: String },
+    /// A secret (JWT secret, upstream password) could not be obtained.
+    #[error("cannot read secret for `{key}`: {reason}")]
+    Secret { key: String, reason: String },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `RLSGATE_*__*` overrides from the process environment,
+    /// deserializes and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let env = env::process_overrides()?;
+        Self::from_toml_with_env(&text, env).map_err(|e| match e {
+            ConfigError::Parse(msg) => ConfigError::Parse(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses `text`, applies the overrides found in `env` (variables not of the form
+    /// `RLSGATE_<SECTION>__<KEY>` are ignored), deserializes and validates.
+    ///
+    /// Override scheme: the name after `RLSGATE_` is split at `__` into a lowercased key
+    /// path (`RLSGATE_AUTH__JWT__ISSUER` → `auth.jwt.issuer`). The value is taken as TOML
+    /// when it reads as an integer, float, boolean, array or inline table
+    /// (`RLSGATE_AUTH__JWT__ALGORITHMS=["RS256","ES256"]`), otherwise as a string; a scalar
+    /// taken as TOML that does not fit its key is retried as a string, so
+    /// `RLSGATE_AUTH__JWT__ISSUER=1234` still works.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let config = env::deserialize(text, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Top-level configuration (`rlsgate.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub tenant: TenantConfig,
+}
+
+/// `[listen]`: where clients connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// TCP address, e.g. `127.0.0.1:6432`.
+    pub addr: SocketAddr,
+    /// Directory for the unix socket `.s.PGSQL.<port>` (port of `addr`).
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Maximum concurrent client connections; more get `53300`.
+    pub max_clients: usize,
+    /// Time a client has to finish TLS, startup and authentication.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long sessions may go on before they are closed with `57P01`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:6432".parse().expect("valid default address"),
+            unix_socket_dir: None,
+            max_clients: 1000,
+            startup_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[tls] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TCP clients must use TLS (unix sockets are exempt).
+    Require,
+    /// TLS offered when a certificate is configured; plaintext accepted.
+    #[default]
+    Prefer,
+    /// No TLS.
+    Disable,
+}
+
+/// `[tls]`: client-facing TLS.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `require`, `prefer` or `disable`.
+    pub mode: TlsMode,
+    /// PEM certificate chain presented to clients (set together with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Accept a JWT over plaintext TCP from non-loopback peers.
+    pub allow_plaintext_auth: bool,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Token verification settings.
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`: how tokens are verified and what is taken from them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Accepted algorithms, e.g. `["HS256"]` or `["RS256", "ES256"]`. `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// Environment variable holding the HS* secret.
+    pub secret_env: Option<String>,
+    /// File holding the HS* secret (trailing newline stripped).
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key (RS*, PS*, ES*, EdDSA).
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS document (keys selected by `kid`).
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud` (any of these).
+    pub audience: Vec<String>,
+    /// Clock skew allowed for `exp`/`nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claim name or JSON pointer (`/app_metadata/tenant_id`) holding the tenant.
+    pub tenant_claim: String,
+    /// Optional claim name or JSON pointer holding the role.
+    pub role_claim: Option<String>,
+    /// When true the startup `user` must equal the token's `sub`.
+    pub match_user: bool,
+    /// Largest token accepted, in bytes.
+    pub max_token_bytes: usize,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            algorithms: vec!["HS256".into()],
+            secret_env: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: Vec::new(),
+            leeway: Duration::from_secs(30),
+            tenant_claim: "tenant_id".into(),
+            role_claim: None,
+            match_user: false,
+            max_token_bytes: 8192,
+        }
+    }
+}
+
+/// `[upstream] sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plaintext to the upstream server.
+    #[default]
+    Disable,
+    /// TLS, certificate not verified.
+    Require,
+    /// TLS, certificate chain and host name verified.
+    VerifyFull,
+}
+
+/// `[upstream]`: the PostgreSQL server behind the proxy.
+///
+/// `Debug` masks a password embedded in `url`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `postgres://user@host:port/db` (host may be a unix socket directory via `?host=/dir`).
+    ///
+    /// A password embedded in the URL (`postgres://user:pw@host/db`) is accepted, but
+    /// `password_env` / `password_file` take precedence and are the recommended way:
+    /// URLs end up in shell history, process lists and logs.
+    pub url: String,
+    /// Environment variable holding the upstream password.
+    pub password_env: Option<String>,
+    /// File holding the upstream password.
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA bundle for `verify-full` (default: webpki roots).
+    pub root_cert_file: Option<PathBuf>,
+    /// Timeout for TCP connect + startup of one upstream connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &upstream::redact_url(&self.url))
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("sslmode", &self.sslmode)
+            .field("root_cert_file", &self.root_cert_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `[pool] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps its upstream connection for the whole session.
+    #[default]
+    Session,
+    /// A client holds an upstream connection only during a transaction.
+    Transaction,
+}
+
+/// `[pool]`: upstream connection pool, one per (database, upstream role).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// `session` or `transaction`.
+    pub mode: PoolMode,
+    /// Maximum upstream connections.
+    pub size: usize,
+    /// Connections kept open even when idle (opened at start).
+    pub min_idle: usize,
+    /// How long a client waits for a connection before `53300`.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Idle connections older than this are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections older than this are closed at check-in.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Sent at check-in (after `ROLLBACK` if needed) so the next client starts clean.
+    pub reset_query: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Session,
+            size: 10,
+            min_idle: 0,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+/// `[tenant]`: which settings carry the tenant context.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Setting that receives the tenant claim.
+    pub setting: String,
+    /// Extra settings: setting name → claim name / JSON pointer, or `"*"` for all claims as JSON.
+    pub claims: BTreeMap<String, String>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            setting: "app.current_tenant".into(),
+            claims: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Errors a client session can end with: what the client is told (SQLSTATE + a message
+//! a person can act on) versus what is logged.
+
+use crate::auth::AuthError;
+use crate::backend::BackendError;
+use crate::pool::CheckoutError;
+use crate::tenant::ContextError;
+
+/// Why a client connection ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed by client")]
+    Closed,
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("TLS required")]
+    TlsRequired,
+    #[error("plaintext token refused")]
+    PlaintextRefused,
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("unknown database {asked:?}")]
+    UnknownDatabase { asked: String, served: String },
+    #[error("startup refused: {0}")]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Checkout(#[from] CheckoutError),
+    #[error(transparent)]
+    Upstream(#[from] BackendError),
+    #[error("too many clients")]
+    TooManyClients,
+    #[error("startup timed out")]
+    StartupTimeout,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl From<pgwire::error::PgWireError> for ClientError {
+    fn from(e: pgwire::error::PgWireError) -> Self {
+        match e {
+            pgwire::error::PgWireError::IoError(io) => ClientError::Io(io),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl ClientError {
+    /// SQLSTATE sent to the client.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ClientError::Io(_) | ClientError::Closed => "08006",
+            ClientError::Protocol(_) => "08P01",
+            ClientError::TlsRequired | ClientError::PlaintextRefused => "28000",
+            ClientError::Auth(_) => "28P01",
+            ClientError::UnknownDatabase { .. } => "3D000",
+            ClientError::Context(ContextError::Protected(_)) => "42501",
+            ClientError::Context(ContextError::Replication) => "0A000",
+            ClientError::Context(ContextError::BadOptions(_)) => "22023",
+            ClientError::Checkout(c) => c.sqlstate(),
+            ClientError::Upstream(BackendError::Server(f)) if !f.code.is_empty() => &f.code,
+            ClientError::Upstream(_) => "08006",
+            ClientError::TooManyClients => "53300",
+            ClientError::StartupTimeout => "08006",
+            ClientError::Shutdown => "57P01",
+        }
+    }
+
+    /// Message sent to the client: safe (no token, no secrets) and actionable.
+    pub fn client_message(&self) -> String {
+        match self {
+            ClientError::TlsRequired => {
+                "TLS is required: connect with sslmode=require (the token is the password)".into()
+            }
+            ClientError::PlaintextRefused => "refusing to receive a token over an unencrypted \
+                 non-loopback connection: connect with sslmode=require"
+                .into(),
+            ClientError::Auth(e) => format!("JWT authentication failed: {e}"),
+            ClientError::UnknownDatabase { asked, served } => format!(
+                "database \"{asked}\" does not exist on this rlsgate (it serves \"{served}\")"
+            ),
+            ClientError::Upstream(BackendError::Server(f)) => f.message.clone(),
+            ClientError::Upstream(e) => format!("upstream server unavailable: {e}"),
+            ClientError::TooManyClients => "sorry, too many clients already".into(),
+            ClientError::Shutdown => {
+                "terminating connection due to administrator command (rlsgate shutting down)".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether this ending is routine (not worth a warning in the log).
+    pub fn is_routine(&self) -> bool {
+        matches!(self, ClientError::Closed | ClientError::Io(_))
+    }
+}

@@ -1,0 +1,22 @@
+//! rlsgate: a PostgreSQL wire-protocol proxy that turns a JWT into a tenant-scoped,
+//! pooled database session enforced by row-level security.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod handshake;
+pub mod logging;
+pub mod metrics;
+pub mod pgtemp;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod stream;
+pub mod tenant;
+pub mod tls;

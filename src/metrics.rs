@@ -1,0 +1,31 @@
+//! Process-wide counters (atomics), read by tests, logs and the admin surface.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Counters; every field is monotonic except the `*_active` gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub clients_total: AtomicU64,
+    pub clients_active: AtomicI64,
+    pub clients_rejected_max: AtomicU64,
+    pub auth_ok: AtomicU64,
+    pub auth_failed: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub upstream_connect_errors: AtomicU64,
+    pub upstream_discarded: AtomicU64,
+    pub pool_timeouts: AtomicU64,
+    pub checkouts: AtomicU64,
+    pub context_applied: AtomicU64,
+    pub cancels_forwarded: AtomicU64,
+    pub cancels_ignored: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

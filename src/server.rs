@@ -1,0 +1,286 @@
+//! The proxy process: shared state, TCP and unix listeners, the connection limit, one
+//! task per client with its tracing span, cancel requests, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, field, info, info_span, warn, Instrument};
+
+use crate::auth::JwtVerifier;
+use crate::backend::{self, Connector};
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, ConfigError, TlsMode};
+use crate::error::ClientError;
+use crate::handshake::{self, Accepted, HandshakeConfig, Incoming};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::protocol::{self, Severity};
+use crate::tenant::OwnedSettings;
+use crate::tls;
+
+/// Failure to start the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("auth.jwt: {0}")]
+    Jwt(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {what}: {source}")]
+    Listen { what: String, source: std::io::Error },
+}
+
+/// Everything a client task needs, shared read-only (plus atomics and the pool).
+pub struct State {
+    pub config: Config,
+    pub owned: OwnedSettings,
+    pub pool: Pool,
+    pub cancel: CancelRegistry,
+    pub metrics: Arc<Metrics>,
+    pub handshake: HandshakeConfig,
+}
+
+impl State {
+    /// Builds the state from a validated config (reads keys, certificates, secrets).
+    pub fn new(config: Config) -> Result<State, ServerError> {
+        tls::install_default_provider();
+        let verifier = JwtVerifier::from_config(&config.auth.jwt).map_err(|e| ServerError::Jwt(e.to_string()))?;
+        let target = config.upstream.target()?;
+        let upstream_tls = tls::upstream_connector(target.sslmode, target.root_cert_file.as_deref())?;
+        let acceptor = match (config.tls.mode, &config.tls.cert_file, &config.tls.key_file) {
+            (TlsMode::Disable, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
+            _ => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let handshake = HandshakeConfig {
+            tls_mode: config.tls.mode,
+            acceptor,
+            allow_plaintext_auth: config.tls.allow_plaintext_auth,
+            database: target.database.clone(),
+            verifier: Arc::new(verifier),
+        };
+        let pool = Pool::new(Connector { target, tls: upstream_tls }, config.pool.clone(), metrics.clone());
+        Ok(State {
+            owned: OwnedSettings::from_config(&config.tenant),
+            pool,
+            cancel: CancelRegistry::default(),
+            metrics,
+            handshake,
+            config,
+        })
+    }
+}
+
+/// A bound, not yet running proxy.
+pub struct Server {
+    state: Arc<State>,
+    tcp: TcpListener,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+/// Handle to a proxy running in the background (tests, `rlsgate demo`).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets sessions finish up to `listen.shutdown_timeout`, then waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Server {
+    /// Binds the listeners.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let state = Arc::new(State::new(config)?);
+        let addr = state.config.listen.addr;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen { what: addr.to_string(), source })?;
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+        let unix = match &state.config.listen.unix_socket_dir {
+            Some(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let _ = std::fs::remove_file(&path);
+                let l = UnixListener::bind(&path)
+                    .map_err(|source| ServerError::Listen { what: path.display().to_string(), source })?;
+                Some((l, path))
+            }
+            None => None,
+        };
+        Ok(Server { state, tcp, unix })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Runs in the background until `shutdown` is cancelled.
+    pub fn spawn(self) -> RunningServer {
+        let shutdown = CancellationToken::new();
+        let addr = self.local_addr();
+        let state = self.state.clone();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { self.run(token).await });
+        RunningServer { addr, state, shutdown, task }
+    }
+
+    /// Accepts clients until `shutdown` is cancelled, then drains sessions.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let state = self.state;
+        info!(addr = %self.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+              unix = ?self.unix.as_ref().map(|u| u.1.display().to_string()),
+              mode = ?state.config.pool.mode, "rlsgate listening");
+        if let Err(e) = state.pool.prefill().await {
+            warn!(error = %e, "could not open pool.min_idle connections at start");
+        }
+        let limit = Arc::new(Semaphore::new(state.config.listen.max_clients));
+        let terminate = CancellationToken::new();
+        let mut sessions = JoinSet::new();
+        let mut reap = tokio::time::interval(Duration::from_secs(10));
+        let mut next_id: u64 = 0;
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = reap.tick() => { state.pool.reap(); continue; }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+                r = self.tcp.accept() => match r {
+                    Ok((s, peer)) => { let _ = s.set_nodelay(true); (Incoming::Tcp(s), Some(peer)) }
+                    Err(e) => { warn!(error = %e, "accept failed"); continue; }
+                },
+                r = accept_unix(&self.unix) => match r {
+                    Ok(s) => (Incoming::Unix(s), None),
+                    Err(e) => { warn!(error = %e, "unix accept failed"); continue; }
+                },
+            };
+            next_id += 1;
+            let span = info_span!("conn", id = next_id, peer = ?peer_label(incoming.1), sub = field::Empty, tenant = field::Empty);
+            let permit = limit.clone().try_acquire_owned().ok();
+            let (state, terminate) = (state.clone(), terminate.clone());
+            sessions.spawn(
+                async move {
+                    let Some(_permit) = permit else {
+                        Metrics::inc(&state.metrics.clients_rejected_max);
+                        reject(incoming.0, ClientError::TooManyClients).await;
+                        return;
+                    };
+                    serve_client(&state, incoming.0, terminate).await;
+                }
+                .instrument(span),
+            );
+        }
+        info!(sessions = sessions.len(), "shutting down: no new connections");
+        let grace = state.config.listen.shutdown_timeout;
+        let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            info!(sessions = sessions.len(), "shutdown timeout reached: closing remaining sessions");
+            terminate.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while sessions.join_next().await.is_some() {}
+            })
+            .await;
+        }
+        state.pool.close();
+        if let Some((_, path)) = &self.unix {
+            let _ = std::fs::remove_file(path);
+        }
+        info!("rlsgate stopped");
+    }
+}
+
+fn peer_label(peer: Option<SocketAddr>) -> String {
+    peer.map(|p| p.to_string()).unwrap_or_else(|| "unix".into())
+}
+
+async fn accept_unix(unix: &Option<(UnixListener, PathBuf)>) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some((l, _)) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Refuses a connection before its startup with a FATAL error.
+async fn reject(incoming: Incoming, err: ClientError) {
+    let mut buf = BytesMut::new();
+    protocol::put_error(&mut buf, Severity::Fatal, err.sqlstate(), &err.client_message());
+    match incoming {
+        Incoming::Tcp(mut s) => {
+            let _ = s.write_all(&buf).await;
+        }
+        Incoming::Unix(mut s) => {
+            let _ = s.write_all(&buf).await;
+        }
+    }
+}
+
+/// One client connection from accept to close.
+async fn serve_client(state: &State, incoming: Incoming, terminate: CancellationToken) {
+    let m = &state.metrics;
+    Metrics::inc(&m.clients_total);
+    m.clients_active.fetch_add(1, Ordering::Relaxed);
+    let timeout = state.config.listen.startup_timeout;
+    let result = match tokio::time::timeout(timeout, handshake::handshake(incoming, &state.handshake)).await {
+        Err(_) => Err(ClientError::StartupTimeout),
+        Ok(r) => r,
+    };
+    let result = match result {
+        Ok(Accepted::Cancel { pid, secret }) => {
+            handle_cancel(state, pid, secret).await;
+            Ok(())
+        }
+        Ok(Accepted::Session(client)) => {
+            Metrics::inc(&m.auth_ok);
+            let span = tracing::Span::current();
+            span.record("sub", client.identity.sub.as_deref().unwrap_or(""));
+            span.record("tenant", client.identity.tenant.as_str());
+            info!(user = %client.user, tls = client.tls, "client authenticated");
+            crate::client::run_session(state, *client, terminate).await
+        }
+        Err(e) => Err(e),
+    };
+    m.clients_active.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => debug!("client disconnected"),
+        Err(ClientError::Auth(e)) => {
+            Metrics::inc(&m.auth_failed);
+            warn!(reason = %e, kind = e.kind(), "authentication failed");
+        }
+        Err(e) if e.is_routine() => debug!(reason = %e, "client disconnected"),
+        Err(e) => info!(sqlstate = e.sqlstate(), reason = %e, "client session ended with an error"),
+    }
+}
+
+async fn handle_cancel(state: &State, pid: i32, secret: i32) {
+    match state.cancel.lookup(pid, secret) {
+        Some(t) => {
+            Metrics::inc(&state.metrics.cancels_forwarded);
+            if let Err(e) = backend::send_cancel(&state.pool.connector, t.server_pid, t.server_secret).await {
+                warn!(error = %e, "forwarding cancel request failed");
+            }
+        }
+        None => {
+            Metrics::inc(&state.metrics.cancels_ignored);
+            debug!("cancel request with unknown key ignored");
+        }
+    }
+}

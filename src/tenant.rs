@@ -1,0 +1,220 @@
+//! Tenant context: which settings the proxy owns, their values for one identity, and
+//! how they are applied (one bound `set_config` statement, values never in SQL text).
+
+use bytes::BytesMut;
+
+use crate::auth::Identity;
+use crate::config::TenantConfig;
+use crate::protocol;
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Why a client's startup cannot be honoured.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ContextError {
+    #[error("setting \"{0}\" is owned by rlsgate and cannot be set by the client")]
+    Protected(String),
+    #[error("replication connections are not supported through rlsgate")]
+    Replication,
+    #[error("invalid startup options: {0}")]
+    BadOptions(String),
+}
+
+/// The settings rlsgate owns (lower-cased names).
+#[derive(Debug, Clone)]
+pub struct OwnedSettings {
+    names: Vec<String>,
+}
+
+impl OwnedSettings {
+    pub fn from_config(cfg: &TenantConfig) -> Self {
+        let mut names = vec![cfg.setting.to_ascii_lowercase()];
+        names.extend(cfg.claims.keys().map(|k| k.to_ascii_lowercase()));
+        names.sort();
+        names.dedup();
+        Self { names }
+    }
+
+    /// True if `name` (any case) is owned by the proxy.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// Session settings for one client: its startup parameters, then the tenant context.
+/// Applied in this order so the tenant context always wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionContext {
+    pub settings: Vec<(String, String)>,
+    /// Number of leading entries that are the tenant context (the rest are startup params).
+    pub tenant_len: usize,
+}
+
+impl SessionContext {
+    /// Builds the context for `identity`, with the client's startup parameters.
+    pub fn build(
+        cfg: &TenantConfig,
+        owned: &OwnedSettings,
+        identity: &Identity,
+        startup: &[(String, String)],
+    ) -> Result<SessionContext, ContextError> {
+        let mut settings = vec![(cfg.setting.clone(), identity.tenant.as_str().to_owned())];
+        for (setting, claim) in &cfg.claims {
+            settings.push((setting.clone(), claim_value(identity, claim)));
+        }
+        let tenant_len = settings.len();
+        for (name, value) in startup {
+            if name == "replication" {
+                return Err(ContextError::Replication);
+            }
+            if name == "options" {
+                for (n, v) in parse_options(value)? {
+                    push_client_setting(&mut settings, owned, n, v)?;
+                }
+                continue;
+            }
+            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
+                continue;
+            }
+            push_client_setting(&mut settings, owned, name.clone(), value.clone())?;
+        }
+        // Client settings first, tenant context last: rotate the tenant block to the end.
+        settings.rotate_left(tenant_len);
+        Ok(SessionContext { settings, tenant_len })
+    }
+
+    /// The tenant-owned settings alone.
+    pub fn tenant_settings(&self) -> &[(String, String)] {
+        &self.settings[self.settings.len() - self.tenant_len..]
+    }
+
+    /// Appends Parse/Bind/Execute/Sync running `SELECT set_config($1,$2,false), ...`.
+    /// The statement text holds only placeholders, so values are not visible in
+    /// `pg_stat_activity.query` of other sessions.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let mut sql = String::from("SELECT ");
+        let mut params: Vec<&str> = Vec::with_capacity(self.settings.len() * 2);
+        for (i, (name, value)) in self.settings.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("pg_catalog.set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2));
+            params.push(name);
+            params.push(value);
+        }
+        protocol::put_bound_query(buf, &sql, &params);
+    }
+}
+
+fn push_client_setting(
+    settings: &mut Vec<(String, String)>,
+    owned: &OwnedSettings,
+    name: String,
+    value: String,
+) -> Result<(), ContextError> {
+    if owned.contains(&name)
+        || name.eq_ignore_ascii_case("role")
+        || name.eq_ignore_ascii_case("session_authorization")
+    {
+        return Err(ContextError::Protected(name));
+    }
+    settings.push((name, value));
+    Ok(())
+}
+
+/// Value of a mapped claim as a setting: strings as-is, `*` the whole claims object as
+/// JSON, other JSON values in their JSON form; a missing claim is the empty string.
+fn claim_value(identity: &Identity, claim: &str) -> String {
+    if claim == "*" {
+        return identity.claims.to_string();
+    }
+    match identity.claim(claim) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// Parses the libpq `options` startup parameter: `-c name=value`, `-cname=value` and
+/// `--name=value`, separated by spaces, with `\` escaping the next character.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, ContextError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    let mut in_word = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                    in_word = true;
+                }
+            }
+            c if c.is_ascii_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let assignment = if w == "-c" {
+            it.next().ok_or_else(|| ContextError::BadOptions("-c without a setting".into()))?
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_owned()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_owned()
+        } else {
+            return Err(ContextError::BadOptions(format!("unsupported option {w:?}; use -c name=value")));
+        };
+        let (n, v) = assignment
+            .split_once('=')
+            .ok_or_else(|| ContextError::BadOptions(format!("{assignment:?} is not name=value")))?;
+        out.push((n.replace('-', "_"), v.to_owned()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parsing() {
+        let got = parse_options("-c search_path=a,b  -cwork_mem=64MB --statement-timeout=5s -c x.y=a\\ b").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("work_mem".into(), "64MB".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("x.y".into(), "a b".into()),
+            ]
+        );
+        assert!(parse_options("-x").is_err());
+        assert!(parse_options("-c").is_err());
+    }
+
+    #[test]
+    fn owned_names_are_case_insensitive() {
+        let cfg = TenantConfig::default();
+        let owned = OwnedSettings::from_config(&cfg);
+        assert!(owned.contains("APP.Current_Tenant"));
+        assert!(!owned.contains("search_path"));
+    }
+}
