@@ -96,14 +96,20 @@ impl Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where clients connect.
     #[serde(default)]
     pub listen: ListenConfig,
+    /// Client-facing TLS.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Client authentication (JWT).
     pub auth: AuthConfig,
+    /// The PostgreSQL server behind the proxy.
     pub upstream: UpstreamConfig,
+    /// Upstream connection pool.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Which settings carry the tenant context.
     #[serde(default)]
     pub tenant: TenantConfig,
 }

@@ -1,0 +1,160 @@
+//! Reusable test harness: a real PostgreSQL (from the local server binaries) with the demo
+//! schema, rlsgate in front of it, tokens, and clients (tokio-postgres, psql).
+//!
+//! Every test gets its own PostgreSQL and proxy, so tests can run in parallel and may
+//! restart or break their server.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+use std::time::Duration;
+
+use rlsgate::auth::jwt::{mint, MintKey, MintOptions};
+use rlsgate::config::Config;
+use rlsgate::pgtemp::{TempPostgres, TempPostgresOptions, DEMO_SQL};
+use rlsgate::server::{RunningServer, Server};
+use tokio_postgres::{Client, NoTls};
+
+/// One PostgreSQL + one rlsgate.
+pub struct Env {
+    pub pg: TempPostgres,
+    pub proxy: RunningServer,
+    pub secret: String,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl Env {
+    /// Default environment: session mode, pool size 4.
+    pub async fn start() -> Env {
+        Env::with(|_| {}).await
+    }
+
+    /// Environment with a modified config (`c.upstream`, `c.pool`, ... are the demo's).
+    pub async fn with(modify: impl FnOnce(&mut Config)) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let pg = tokio::task::spawn_blocking(|| TempPostgres::start(TempPostgresOptions::default()))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
+        pg.psql("postgres", "CREATE DATABASE app").expect("create database");
+        pg.psql("app", DEMO_SQL).expect("load demo schema");
+        let dir = tempfile::Builder::new().prefix("rlsgate-test-").tempdir().unwrap();
+        let secret = rlsgate::demo::random_secret();
+        let mut config = rlsgate::demo::demo_config(&pg, dir.path(), &secret, 0).unwrap();
+        config.listen.shutdown_timeout = Duration::from_secs(2);
+        modify(&mut config);
+        config.validate().expect("test config is valid");
+        let proxy = Server::bind(config.clone()).await.expect("bind proxy").spawn();
+        Env { pg, proxy, secret, dir, config }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy.addr.port()
+    }
+
+    /// Mint options for `tenant` with the environment's secret; tweak before minting.
+    pub fn mint_options(&self, tenant: &str) -> MintOptions {
+        MintOptions {
+            alg: jsonwebtoken::Algorithm::HS256,
+            key: MintKey::Secret(self.secret.as_bytes().to_vec()),
+            tenant: Some(serde_json::Value::String(tenant.into())),
+            tenant_claim: "tenant_id".into(),
+            sub: Some(format!("user-{tenant}")),
+            role: None,
+            ttl: Duration::from_secs(600),
+            extra_claims: Vec::new(),
+            issuer: None,
+            audience: None,
+            kid: None,
+        }
+    }
+
+    pub fn token(&self, tenant: &str) -> String {
+        mint(&self.mint_options(tenant)).unwrap()
+    }
+
+    /// libpq-style connection string to the proxy.
+    pub fn conninfo(&self, user: &str, token: &str, sslmode: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode={sslmode}",
+            self.port()
+        )
+    }
+
+    /// A tokio-postgres client through the proxy for `tenant` (plaintext over loopback).
+    pub async fn connect(&self, tenant: &str) -> Client {
+        self.connect_token(&format!("user-{tenant}"), &self.token(tenant))
+            .await
+            .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
+    }
+
+    pub async fn connect_token(&self, user: &str, token: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.conninfo(user, token, "disable"), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Direct superuser client (bypasses the proxy).
+    pub async fn admin(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} dbname=app user=postgres", self.pg.port()),
+            NoTls,
+        )
+        .await
+        .expect("admin connect");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// Runs `psql` through the proxy with `token`; `args` after the connection string.
+    pub fn psql(&self, user: &str, token: &str, sslmode: &str, args: &[&str]) -> Output {
+        std::process::Command::new("psql")
+            .arg("-X")
+            .arg(format!("host=127.0.0.1 port={} dbname=app user={user} sslmode={sslmode}", self.port()))
+            .args(args)
+            .env("PGPASSWORD", token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql is installed (apt-get install -y postgresql-client)")
+    }
+
+    /// Number of upstream connections the proxy has opened so far.
+    pub fn upstream_connects(&self) -> u64 {
+        rlsgate::metrics::Metrics::get(&self.proxy.state.metrics.upstream_connects)
+    }
+
+    /// Sessions of `app_rls` currently connected to PostgreSQL.
+    pub async fn upstream_backends(&self) -> i64 {
+        self.admin()
+            .await
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_rls'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+/// SQLSTATE and message of a tokio-postgres error (panics if it is not a server error).
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a server error, got: {e}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+/// Tenants and names of all customers visible to `client`.
+pub async fn visible_customers(client: &Client) -> Vec<(String, String)> {
+    client
+        .query("SELECT tenant_id, name FROM customers ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real PostgreSQL (started from the local server binaries), real
+//! rlsgate, real clients. See `harness.rs`.
+
+mod harness;
+
+mod auth;
+mod cancel;
+mod copy;
+mod pool;
+mod psql;
+mod restart;
+mod session;
+mod tls;
