@@ -15,17 +15,26 @@ fn b64(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_28p01_with_reason_and_touch_no_upstream() {
     let env = Env::start().await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let rsa_public = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/integration/fixtures/keys/rsa_public.pem")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let rsa_public = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/integration/fixtures/keys/rsa_public.pem"
+    ))
+    .unwrap();
 
     let expired = {
         let mut o = env.mint_options("acme");
-        o.extra_claims.push(("exp".into(), serde_json::json!(now - 3600)));
+        o.extra_claims
+            .push(("exp".into(), serde_json::json!(now - 3600)));
         mint(&o).unwrap()
     };
     let not_yet = {
         let mut o = env.mint_options("acme");
-        o.extra_claims.push(("nbf".into(), serde_json::json!(now + 3600)));
+        o.extra_claims
+            .push(("nbf".into(), serde_json::json!(now + 3600)));
         mint(&o).unwrap()
     };
     let wrong_sig = {
@@ -36,7 +45,10 @@ async fn bad_tokens_get_28p01_with_reason_and_touch_no_upstream() {
     let alg_none = format!(
         "{}.{}.",
         b64(r#"{"alg":"none","typ":"JWT"}"#),
-        b64(&format!(r#"{{"tenant_id":"acme","sub":"x","exp":{}}}"#, now + 600))
+        b64(&format!(
+            r#"{{"tenant_id":"acme","sub":"x","exp":{}}}"#,
+            now + 600
+        ))
     );
     let no_tenant = {
         let mut o = env.mint_options("acme");
@@ -67,24 +79,46 @@ async fn bad_tokens_get_28p01_with_reason_and_touch_no_upstream() {
         ("wrong signature", wrong_sig, "signature invalid"),
         ("alg none", alg_none, "alg none"),
         ("missing tenant", no_tenant, "missing claim tenant_id"),
-        ("wrong audience (none configured)", wrong_audience, "audience"),
+        (
+            "wrong audience (none configured)",
+            wrong_audience,
+            "audience",
+        ),
         ("HS/RS confusion", confusion, "signature invalid"),
         ("oversized", "a".repeat(20_000), "too large"),
     ];
     // Issuer checks need an issuer configured; covered in the next test.
     let _ = wrong_issuer;
     for (name, token, reason) in cases {
-        let err = env.connect_token("mallory", &token).await.err().unwrap_or_else(|| panic!("{name}: accepted"));
+        let err = env
+            .connect_token("mallory", &token)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name}: accepted"));
         let (code, msg) = db_error(&err);
         assert_eq!(code, "28P01", "{name}: {msg}");
-        assert!(msg.contains(reason), "{name}: message {msg:?} should say {reason:?}");
-        assert!(!token.is_empty() && !msg.contains(&token) || token.is_empty(), "{name}: token echoed");
+        assert!(
+            msg.contains(reason),
+            "{name}: message {msg:?} should say {reason:?}"
+        );
+        assert!(
+            !token.is_empty() && !msg.contains(&token) || token.is_empty(),
+            "{name}: token echoed"
+        );
     }
-    assert_eq!(env.upstream_connects(), 0, "failed logins must not open upstream connections");
+    assert_eq!(
+        env.upstream_connects(),
+        0,
+        "failed logins must not open upstream connections"
+    );
     assert_eq!(env.upstream_backends().await, 0);
     // A good token still works afterwards.
     let ok = env.connect("acme").await;
-    let n: i64 = ok.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
+    let n: i64 = ok
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
 }
 
@@ -109,15 +143,26 @@ async fn issuer_audience_and_rs256_with_public_key() {
         o.audience = Some(aud.into());
         mint(&o).unwrap()
     };
-    let good = env.connect_token("bob", &rs("https://issuer.test", "rlsgate")).await.unwrap();
-    let n: i64 = good.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
+    let good = env
+        .connect_token("bob", &rs("https://issuer.test", "rlsgate"))
+        .await
+        .unwrap();
+    let n: i64 = good
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
     for (token, reason) in [
         (rs("https://evil.test", "rlsgate"), "wrong issuer"),
         (rs("https://issuer.test", "other"), "wrong audience"),
         (env.token("globex"), "not allowed"), // HS256 token when only RS256 is pinned
     ] {
-        let err = env.connect_token("bob", &token).await.err().expect("refused");
+        let err = env
+            .connect_token("bob", &token)
+            .await
+            .err()
+            .expect("refused");
         let (code, msg) = db_error(&err);
         assert_eq!(code, "28P01");
         assert!(msg.contains(reason), "{msg:?} should say {reason:?}");
@@ -128,14 +173,26 @@ async fn issuer_audience_and_rs256_with_public_key() {
 async fn match_user_and_wrong_database() {
     let env = Env::with(|c| c.auth.jwt.match_user = true).await;
     let token = env.token("acme"); // sub = user-acme
-    let err = env.connect_token("someone-else", &token).await.err().expect("refused");
+    let err = env
+        .connect_token("someone-else", &token)
+        .await
+        .err()
+        .expect("refused");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28P01");
     assert!(msg.contains("user does not match"), "{msg}");
-    env.connect_token("user-acme", &token).await.expect("matching user accepted");
+    env.connect_token("user-acme", &token)
+        .await
+        .expect("matching user accepted");
 
-    let conninfo = format!("host=127.0.0.1 port={} dbname=other user=user-acme password={token}", env.port());
-    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.err().expect("refused");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname=other user=user-acme password={token}",
+        env.port()
+    );
+    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "3D000");
     assert!(msg.contains("\"other\""), "{msg}");

@@ -36,20 +36,34 @@ impl Env {
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let pg = tokio::task::spawn_blocking(|| TempPostgres::start(TempPostgresOptions::default()))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
-        pg.psql("postgres", "CREATE DATABASE app").expect("create database");
+        let pg =
+            tokio::task::spawn_blocking(|| TempPostgres::start(TempPostgresOptions::default()))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
+        pg.psql("postgres", "CREATE DATABASE app")
+            .expect("create database");
         pg.psql("app", DEMO_SQL).expect("load demo schema");
-        let dir = tempfile::Builder::new().prefix("rlsgate-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("rlsgate-test-")
+            .tempdir()
+            .unwrap();
         let secret = rlsgate::demo::random_secret();
         let mut config = rlsgate::demo::demo_config(&pg, dir.path(), &secret, 0).unwrap();
         config.listen.shutdown_timeout = Duration::from_secs(2);
         modify(&mut config);
         config.validate().expect("test config is valid");
-        let proxy = Server::bind(config.clone()).await.expect("bind proxy").spawn();
-        Env { pg, proxy, secret, dir, config }
+        let proxy = Server::bind(config.clone())
+            .await
+            .expect("bind proxy")
+            .spawn();
+        Env {
+            pg,
+            proxy,
+            secret,
+            dir,
+            config,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -80,7 +94,7 @@ impl Env {
     /// libpq-style connection string to the proxy.
     pub fn conninfo(&self, user: &str, token: &str, sslmode: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} dbname=app user={user} password={token} sslmode={sslmode}",
+            "host=127.0.0.1 port={} dbname=app user={user} password='{token}' sslmode={sslmode}",
             self.port()
         )
     }
@@ -92,8 +106,13 @@ impl Env {
             .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
     }
 
-    pub async fn connect_token(&self, user: &str, token: &str) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conninfo(user, token, "disable"), NoTls).await?;
+    pub async fn connect_token(
+        &self,
+        user: &str,
+        token: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conninfo(user, token, "disable"), NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -103,7 +122,10 @@ impl Env {
     /// Direct superuser client (bypasses the proxy).
     pub async fn admin(&self) -> Client {
         let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={} dbname=app user=postgres", self.pg.port()),
+            &format!(
+                "host=127.0.0.1 port={} dbname=app user=postgres",
+                self.pg.port()
+            ),
             NoTls,
         )
         .await
@@ -118,7 +140,10 @@ impl Env {
     pub fn psql(&self, user: &str, token: &str, sslmode: &str, args: &[&str]) -> Output {
         std::process::Command::new("psql")
             .arg("-X")
-            .arg(format!("host=127.0.0.1 port={} dbname=app user={user} sslmode={sslmode}", self.port()))
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname=app user={user} sslmode={sslmode}",
+                self.port()
+            ))
             .args(args)
             .env("PGPASSWORD", token)
             .env("PGCONNECT_TIMEOUT", "10")
@@ -135,7 +160,10 @@ impl Env {
     pub async fn upstream_backends(&self) -> i64 {
         self.admin()
             .await
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_rls'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_rls'",
+                &[],
+            )
             .await
             .unwrap()
             .get(0)
@@ -144,7 +172,9 @@ impl Env {
 
 /// SQLSTATE and message of a tokio-postgres error (panics if it is not a server error).
 pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a server error, got: {e}"));
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a server error, got: {e}"));
     (db.code().code().to_owned(), db.message().to_owned())
 }
 

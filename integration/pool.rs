@@ -14,7 +14,11 @@ async fn exhausted_pool_gives_53300_then_recovers() {
     .await;
     let holder = env.connect("acme").await;
     holder.simple_query("SELECT 1").await.unwrap();
-    let err = env.connect_token("bob", &env.token("globex")).await.err().expect("pool exhausted");
+    let err = env
+        .connect_token("bob", &env.token("globex"))
+        .await
+        .err()
+        .expect("pool exhausted");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "53300");
     assert!(msg.contains("pool exhausted"), "{msg}");
@@ -29,7 +33,11 @@ async fn exhausted_pool_gives_53300_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let c = ok.expect("next client proceeds after release");
-    let n: i64 = c.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -37,6 +45,10 @@ async fn exhausted_pool_gives_53300_then_recovers() {
 async fn too_many_clients_gets_53300() {
     let env = Env::with(|c| c.listen.max_clients = 1).await;
     let _first = env.connect("acme").await;
-    let err = env.connect_token("bob", &env.token("globex")).await.err().expect("refused");
+    let err = env
+        .connect_token("bob", &env.token("globex"))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(db_error(&err).0, "53300");
 }

@@ -17,11 +17,17 @@ async fn postgres_restart_errors_old_sessions_and_new_ones_work() {
         env.pg.stop().unwrap();
         env.pg.start_again().unwrap();
     });
-    assert!(a.simple_query("SELECT 1").await.is_err(), "session of the old server sees an error");
+    assert!(
+        a.simple_query("SELECT 1").await.is_err(),
+        "session of the old server sees an error"
+    );
 
     for tenant in ["acme", "globex", "acme"] {
         let c = env.connect(tenant).await;
         let rows = crate::harness::visible_customers(&c).await;
-        assert!(!rows.is_empty() && rows.iter().all(|(t, _)| t == tenant), "{rows:?}");
+        assert!(
+            !rows.is_empty() && rows.iter().all(|(t, _)| t == tenant),
+            "{rows:?}"
+        );
     }
 }

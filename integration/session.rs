@@ -18,17 +18,30 @@ async fn each_tenant_sees_only_its_rows_simple_and_extended() {
     assert!(rows.iter().all(|(t, _)| t == "globex"), "{rows:?}");
 
     // Binary-format numeric and bytea via extended protocol.
-    let total: i64 = acme.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0);
+    let total: i64 = acme
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(total, 5);
-    let total: i64 = globex.query_one("SELECT count(*) FROM invoices", &[]).await.unwrap().get(0);
+    let total: i64 = globex
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(total, 4);
 
     // Simple protocol, text results.
-    let msgs = acme.simple_query("SELECT tenant_id, count(*) FROM customers GROUP BY 1").await.unwrap();
+    let msgs = acme
+        .simple_query("SELECT tenant_id, count(*) FROM customers GROUP BY 1")
+        .await
+        .unwrap();
     let rows: Vec<_> = msgs
         .iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned())),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned()))
+            }
             _ => None,
         })
         .collect();
@@ -36,20 +49,32 @@ async fn each_tenant_sees_only_its_rows_simple_and_extended() {
 
     // The setting itself, and the claim mapping app.user_id <- sub.
     let row = acme
-        .query_one("SELECT current_setting('app.current_tenant'), current_setting('app.user_id')", &[])
+        .query_one(
+            "SELECT current_setting('app.current_tenant'), current_setting('app.user_id')",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("acme".into(), "user-acme".into()));
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("acme".into(), "user-acme".into())
+    );
 
     // Writes get the session's tenant from the column default, and cannot target another tenant.
     let t: String = acme
-        .query_one("INSERT INTO customers(name, email) VALUES ('Zed', 'z@acme') RETURNING tenant_id", &[])
+        .query_one(
+            "INSERT INTO customers(name, email) VALUES ('Zed', 'z@acme') RETURNING tenant_id",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(t, "acme");
     let err = acme
-        .execute("INSERT INTO customers(tenant_id, name) VALUES ('globex', 'Mallory')", &[])
+        .execute(
+            "INSERT INTO customers(tenant_id, name) VALUES ('globex', 'Mallory')",
+            &[],
+        )
         .await
         .unwrap_err();
     assert_eq!(crate::harness::db_error(&err).0, "42501");
@@ -60,13 +85,27 @@ async fn each_tenant_sees_only_its_rows_simple_and_extended() {
 async fn real_server_parameters_and_backend_pid() {
     let env = Env::start().await;
     let c = env.connect("acme").await;
-    let version: String = c.query_one("SHOW server_version", &[]).await.unwrap().get(0);
-    assert!(version.starts_with("15") || version.chars().next().unwrap().is_ascii_digit(), "{version}");
+    let version: String = c
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        version.starts_with("15") || version.chars().next().unwrap().is_ascii_digit(),
+        "{version}"
+    );
     // The backend pid the client sees is the real one (session mode).
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let admin = env.admin().await;
     let n: i64 = admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND usename = 'app_rls'", &[&pid])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND usename = 'app_rls'",
+            &[&pid],
+        )
         .await
         .unwrap()
         .get(0);
@@ -81,7 +120,9 @@ async fn startup_parameters_are_applied_and_owned_settings_refused() {
         "{} application_name=myapp options='-c search_path=pg_catalog,public -c work_mem=7MB'",
         env.conninfo("u", &token, "disable")
     );
-    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let row = c
         .query_one("SELECT current_setting('application_name'), current_setting('work_mem'), current_setting('search_path')", &[])
@@ -89,11 +130,17 @@ async fn startup_parameters_are_applied_and_owned_settings_refused() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "myapp");
     assert_eq!(row.get::<_, String>(1), "7MB");
-    assert_eq!(row.get::<_, String>(2), "pg_catalog, public");
+    assert_eq!(row.get::<_, String>(2), "pg_catalog,public");
 
     // Trying to set the tenant through startup options is refused before any query.
-    let conninfo = format!("{} options='-c app.current_tenant=globex'", env.conninfo("u", &token, "disable"));
-    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.err().expect("refused");
+    let conninfo = format!(
+        "{} options='-c app.current_tenant=globex'",
+        env.conninfo("u", &token, "disable")
+    );
+    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
     let (code, msg) = crate::harness::db_error(&err);
     assert_eq!(code, "42501");
     assert!(msg.contains("app.current_tenant"), "{msg}");
@@ -111,7 +158,10 @@ async fn pool_of_one_200_sessions_no_leaks() {
         let c = env.connect(tenant).await;
         let rows = visible_customers(&c).await;
         assert_eq!(rows.len(), want, "session {i}");
-        assert!(rows.iter().all(|(t, _)| t == tenant), "session {i}: {rows:?}");
+        assert!(
+            rows.iter().all(|(t, _)| t == tenant),
+            "session {i}: {rows:?}"
+        );
         // Nothing from the previous session.
         let row = c
             .query_one(
@@ -136,5 +186,9 @@ async fn pool_of_one_200_sessions_no_leaks() {
         .unwrap();
         drop(c);
     }
-    assert_eq!(env.upstream_connects(), 1, "one upstream connection served all sessions");
+    assert_eq!(
+        env.upstream_connects(),
+        1,
+        "one upstream connection served all sessions"
+    );
 }

@@ -12,15 +12,30 @@ async fn psql_over_tls_and_plaintext_refused_when_required() {
         "alice",
         &token,
         "require",
-        &["-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", "-c", "SELECT count(*) FROM customers"],
+        &[
+            "-At",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "SELECT count(*) FROM customers",
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // pg_stat_ssl describes the proxy->server leg (plaintext here); the client leg is TLS,
     // which the next psql call proves by failing without it.
     assert!(stdout.trim_end().ends_with('3'), "{stdout}");
 
-    let err = env.connect_token("alice", &token).await.err().expect("plaintext refused");
+    let connects = env.upstream_connects();
+    let err = env
+        .connect_token("alice", &token)
+        .await
+        .err()
+        .expect("plaintext refused");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(msg.contains("TLS is required"), "{msg}");
@@ -28,5 +43,9 @@ async fn psql_over_tls_and_plaintext_refused_when_required() {
     let out = env.psql("alice", &token, "disable", &["-c", "SELECT 1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS is required"));
-    assert_eq!(env.upstream_backends().await, 0);
+    assert_eq!(
+        env.upstream_connects(),
+        connects,
+        "refused clients open no upstream connection"
+    );
 }

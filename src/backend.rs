@@ -155,18 +155,25 @@ impl ServerConn {
                     if !found {
                         return Err(BackendError::Auth("server offers no SCRAM-SHA-256".into()));
                     }
-                    let s = ScramSha256::new(password(t)?.as_bytes(), ChannelBinding::unsupported());
+                    let s =
+                        ScramSha256::new(password(t)?.as_bytes(), ChannelBinding::unsupported());
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)?;
                     scram = Some(s);
                 }
                 Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| proto_msg("unexpected SASL continue"))?;
-                    s.update(body.data()).map_err(|e| BackendError::Auth(e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| proto_msg("unexpected SASL continue"))?;
+                    s.update(body.data())
+                        .map_err(|e| BackendError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut buf)?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
-                    let s = scram.as_mut().ok_or_else(|| proto_msg("unexpected SASL final"))?;
-                    s.finish(body.data()).map_err(|e| BackendError::Auth(e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| proto_msg("unexpected SASL final"))?;
+                    s.finish(body.data())
+                        .map_err(|e| BackendError::Auth(e.to_string()))?;
                 }
                 Message::ParameterStatus(body) => {
                     let name = body.name().map_err(proto)?.to_owned();
@@ -199,7 +206,9 @@ impl ServerConn {
     /// Reads one whole message with postgres-protocol's parser (startup phase only).
     async fn read_message(&mut self) -> Result<Message, BackendError> {
         loop {
-            if let Some((tag, len)) = protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))? {
+            if let Some((tag, len)) =
+                protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))?
+            {
                 if tag == protocol::backend::ERROR_RESPONSE && self.rbuf.len() >= len {
                     self.last_error_fields = protocol::parse_error_fields(&self.rbuf[..len]);
                 }
@@ -234,7 +243,9 @@ impl ServerConn {
         let mut first_error: Option<ErrorFields> = None;
         let mut seen = 0;
         while seen < expected {
-            let Some((tag, len)) = protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))? else {
+            let Some((tag, len)) =
+                protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))?
+            else {
                 self.fill().await?;
                 continue;
             };
@@ -245,7 +256,8 @@ impl ServerConn {
             let msg = self.rbuf.split_to(len);
             match tag {
                 protocol::backend::READY_FOR_QUERY => {
-                    self.tx = TxStatus::from_byte(msg[5]).ok_or_else(|| proto_msg("bad ReadyForQuery"))?;
+                    self.tx = TxStatus::from_byte(msg[5])
+                        .ok_or_else(|| proto_msg("bad ReadyForQuery"))?;
                     seen += 1;
                 }
                 protocol::backend::ERROR_RESPONSE => {
@@ -345,17 +357,24 @@ async fn start_tls(
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
     if answer[0] != b'S' {
-        return Err(BackendError::Tls("server does not support SSL but sslmode requires it".into()));
+        return Err(BackendError::Tls(
+            "server does not support SSL but sslmode requires it".into(),
+        ));
     }
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| BackendError::Tls(format!("invalid server name {host}: {e}")))?;
-    tls.connect(name, tcp).await.map_err(|e| BackendError::Tls(e.to_string()))
+    tls.connect(name, tcp)
+        .await
+        .map_err(|e| BackendError::Tls(e.to_string()))
 }
 
 fn password(t: &UpstreamTarget) -> Result<&str, BackendError> {
-    t.password
-        .as_deref()
-        .ok_or_else(|| BackendError::Auth("server asks for a password; set upstream.password_env or upstream.password_file".into()))
+    t.password.as_deref().ok_or_else(|| {
+        BackendError::Auth(
+            "server asks for a password; set upstream.password_env or upstream.password_file"
+                .into(),
+        )
+    })
 }
 
 fn proto(e: std::io::Error) -> BackendError {

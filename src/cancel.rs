@@ -32,12 +32,19 @@ impl CancelRegistry {
 
     /// Looks up a client's key.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
-        self.map.lock().expect("cancel registry poisoned").get(&(pid, secret)).copied()
+        self.map
+            .lock()
+            .expect("cancel registry poisoned")
+            .get(&(pid, secret))
+            .copied()
     }
 
     /// Forgets a key (the session ended or left the backend).
     pub fn remove(&self, pid: i32, secret: i32) {
-        self.map.lock().expect("cancel registry poisoned").remove(&(pid, secret));
+        self.map
+            .lock()
+            .expect("cancel registry poisoned")
+            .remove(&(pid, secret));
     }
 
     pub fn len(&self) -> usize {
@@ -56,7 +63,10 @@ mod tests {
     #[test]
     fn keys_are_per_client_and_removed() {
         let r = CancelRegistry::default();
-        let t = CancelTarget { server_pid: 42, server_secret: 7 };
+        let t = CancelTarget {
+            server_pid: 42,
+            server_secret: 7,
+        };
         let a = r.issue(42, t);
         let b = r.issue(42, t);
         assert_ne!(a, b);

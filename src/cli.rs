@@ -12,10 +12,20 @@ use crate::logging::{self, LogFormat};
 use crate::server::Server;
 
 #[derive(Parser)]
-#[command(name = "rlsgate", version, about = "PostgreSQL row-level-security enforcement proxy")]
+#[command(
+    name = "rlsgate",
+    version,
+    about = "PostgreSQL row-level-security enforcement proxy"
+)]
 struct Cli {
     /// Log output format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "RLSGATE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "RLSGATE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -101,7 +111,9 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
@@ -139,10 +151,14 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn token(a: TokenArgs) -> anyhow::Result<()> {
-    let alg: jsonwebtoken::Algorithm = a.alg.parse().map_err(|_| anyhow::anyhow!("unknown algorithm {}", a.alg))?;
+    let alg: jsonwebtoken::Algorithm = a
+        .alg
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown algorithm {}", a.alg))?;
     let key = match (&a.secret_env, &a.key) {
         (Some(var), None) => {
-            let secret = std::env::var(var).map_err(|_| anyhow::anyhow!("environment variable {var} is not set"))?;
+            let secret = std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("environment variable {var} is not set"))?;
             MintKey::Secret(secret.into_bytes())
         }
         (None, Some(path)) => MintKey::PemPrivateKey(std::fs::read(path)?),

@@ -72,9 +72,16 @@ pub async fn run_session(
         Ok(s) => s,
         Err(e) => return fatal(&mut client.stream, e).await,
     };
-    let target = CancelTarget { server_pid: server.pid(), server_secret: server.secret() };
+    let target = CancelTarget {
+        server_pid: server.pid(),
+        server_secret: server.secret(),
+    };
     let secret = state.cancel.issue(server.pid(), target);
-    let _key = KeyGuard { state, pid: server.pid(), secret };
+    let _key = KeyGuard {
+        state,
+        pid: server.pid(),
+        secret,
+    };
 
     let mut out = BytesMut::with_capacity(512);
     protocol::put_auth_ok(&mut out);
@@ -86,9 +93,21 @@ pub async fn run_session(
     client.stream.write_all(&out).await?;
 
     let mut up = Upward::default();
-    let mut down = Downward { scanner: Scanner::new(), ready: 0, tx: server.tx, params: Vec::new() };
-    let end = forward(&mut client.stream, &mut client.leftover, &mut server, &mut up, &mut down, &terminate)
-        .await;
+    let mut down = Downward {
+        scanner: Scanner::new(),
+        ready: 0,
+        tx: server.tx,
+        params: Vec::new(),
+    };
+    let end = forward(
+        &mut client.stream,
+        &mut client.leftover,
+        &mut server,
+        &mut up,
+        &mut down,
+        &terminate,
+    )
+    .await;
     for (n, v) in std::mem::take(&mut down.params) {
         server.note_parameter(&n, &v);
     }
@@ -105,8 +124,13 @@ pub async fn run_session(
             Ok(())
         }
         Ok(End::ServerEof) => {
-            state.pool.discard(server, "server closed the connection").await;
-            let err = ClientError::Upstream(BackendError::Protocol("server closed the connection unexpectedly".into()));
+            state
+                .pool
+                .discard(server, "server closed the connection")
+                .await;
+            let err = ClientError::Upstream(BackendError::Protocol(
+                "server closed the connection unexpectedly".into(),
+            ));
             fatal(&mut client.stream, err).await
         }
         Ok(End::Shutdown) => {
@@ -184,7 +208,12 @@ fn wanted_up(tag: u8) -> bool {
 }
 
 /// Client → server: forwards everything, stops at Terminate, counts sync points.
-async fn pump_up<R, W>(cr: &mut R, sw: &mut W, buf: &mut BytesMut, st: &mut Upward) -> Result<End, ClientError>
+async fn pump_up<R, W>(
+    cr: &mut R,
+    sw: &mut W,
+    buf: &mut BytesMut,
+    st: &mut Upward,
+) -> Result<End, ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -192,7 +221,11 @@ where
     loop {
         let mut pos = 0;
         loop {
-            match st.scanner.step(buf, pos, wanted_up).map_err(|e| ClientError::Protocol(e.to_string()))? {
+            match st
+                .scanner
+                .step(buf, pos, wanted_up)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
                 Step::Pass { end, .. } => pos = end,
                 Step::Message { tag, start, end } => {
                     match tag {
@@ -233,7 +266,12 @@ fn wanted_down(tag: u8) -> bool {
 }
 
 /// Server → client: forwards everything, tracks ReadyForQuery and ParameterStatus.
-async fn pump_down<R, W>(sr: &mut R, cw: &mut W, buf: &mut BytesMut, st: &mut Downward) -> Result<End, ClientError>
+async fn pump_down<R, W>(
+    sr: &mut R,
+    cw: &mut W,
+    buf: &mut BytesMut,
+    st: &mut Downward,
+) -> Result<End, ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -241,13 +279,18 @@ where
     loop {
         let mut pos = 0;
         loop {
-            match st.scanner.step(buf, pos, wanted_down).map_err(|e| ClientError::Protocol(e.to_string()))? {
+            match st
+                .scanner
+                .step(buf, pos, wanted_down)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
                 Step::Pass { end, .. } => pos = end,
                 Step::Message { tag, start, end } => {
                     let msg = &buf[start..end];
                     if tag == be::READY_FOR_QUERY {
                         st.ready += 1;
-                        st.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN]).unwrap_or(TxStatus::Failed);
+                        st.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN])
+                            .unwrap_or(TxStatus::Failed);
                     } else if let Some((n, v)) = protocol::parse_parameter_status(msg) {
                         st.params.push((n.to_owned(), v.to_owned()));
                     }
@@ -271,9 +314,17 @@ where
 }
 
 /// Sends a FATAL ErrorResponse for `err` and returns it.
-pub async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, err: ClientError) -> Result<(), ClientError> {
+pub async fn fatal<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    err: ClientError,
+) -> Result<(), ClientError> {
     let mut buf = BytesMut::new();
-    protocol::put_error(&mut buf, Severity::Fatal, err.sqlstate(), &err.client_message());
+    protocol::put_error(
+        &mut buf,
+        Severity::Fatal,
+        err.sqlstate(),
+        &err.client_message(),
+    );
     let _ = stream.write_all(&buf).await;
     let _ = stream.shutdown().await;
     Err(err)

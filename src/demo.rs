@@ -46,7 +46,12 @@ pub async fn start(port: u16) -> anyhow::Result<Demo> {
     let config = demo_config(&pg, dir.path(), &secret, port)?;
     config.validate()?;
     let server = Server::bind(config).await?.spawn();
-    Ok(Demo { pg, server, secret, dir })
+    Ok(Demo {
+        pg,
+        server,
+        secret,
+        dir,
+    })
 }
 
 impl Demo {
@@ -79,12 +84,20 @@ impl Demo {
 /// The demo's configuration: proxy on 127.0.0.1:`port` in front of `pg`'s `app`
 /// database as `app_rls`, HS256 tokens signed with `secret`, TLS preferred with a fresh
 /// self-signed certificate. Files (secret, password, certificate) are written to `dir`.
-pub fn demo_config(pg: &TempPostgres, dir: &Path, secret: &str, port: u16) -> anyhow::Result<Config> {
+pub fn demo_config(
+    pg: &TempPostgres,
+    dir: &Path,
+    secret: &str,
+    port: u16,
+) -> anyhow::Result<Config> {
     let secret_file = write_file(dir, "jwt_secret", secret)?;
     let password_file = write_file(dir, "upstream_password", "app_rls_pw")?;
     let (cert_file, key_file) = self_signed(dir)?;
     Ok(Config {
-        listen: ListenConfig { addr: ([127, 0, 0, 1], port).into(), ..ListenConfig::default() },
+        listen: ListenConfig {
+            addr: ([127, 0, 0, 1], port).into(),
+            ..ListenConfig::default()
+        },
         tls: TlsConfig {
             mode: TlsMode::Prefer,
             cert_file: Some(cert_file),
@@ -106,7 +119,10 @@ pub fn demo_config(pg: &TempPostgres, dir: &Path, secret: &str, port: u16) -> an
             root_cert_file: None,
             connect_timeout: Duration::from_secs(5),
         },
-        pool: PoolConfig { size: 4, ..PoolConfig::default() },
+        pool: PoolConfig {
+            size: 4,
+            ..PoolConfig::default()
+        },
         tenant: TenantConfig {
             setting: "app.current_tenant".into(),
             claims: BTreeMap::from([("app.user_id".to_owned(), "sub".to_owned())]),
@@ -120,11 +136,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let acme = demo.token("acme", "alice")?;
     let globex = demo.token("globex", "bob")?;
     println!("rlsgate demo is running");
-    println!("  PostgreSQL (throwaway): 127.0.0.1:{} (data in {})", demo.pg.port(), demo.pg.data_dir().display());
-    println!("  rlsgate:                127.0.0.1:{} (TLS with a self-signed certificate)", demo.server.addr.port());
-    println!("  schema:                 policies/demo.sql (customers, invoices; RLS on tenant_id)\n");
-    println!("Tenant acme (alice):\n  {}\n", demo.psql_line("alice", &acme));
-    println!("Tenant globex (bob):\n  {}\n", demo.psql_line("bob", &globex));
+    println!(
+        "  PostgreSQL (throwaway): 127.0.0.1:{} (data in {})",
+        demo.pg.port(),
+        demo.pg.data_dir().display()
+    );
+    println!(
+        "  rlsgate:                127.0.0.1:{} (TLS with a self-signed certificate)",
+        demo.server.addr.port()
+    );
+    println!(
+        "  schema:                 policies/demo.sql (customers, invoices; RLS on tenant_id)\n"
+    );
+    println!(
+        "Tenant acme (alice):\n  {}\n",
+        demo.psql_line("alice", &acme)
+    );
+    println!(
+        "Tenant globex (bob):\n  {}\n",
+        demo.psql_line("bob", &globex)
+    );
     println!("Try:  SELECT tenant_id, name FROM customers;   -- only your tenant's rows");
     println!("      SHOW app.current_tenant;");
     println!("      INSERT INTO customers(name) VALUES ('new') RETURNING tenant_id;");
@@ -146,7 +177,9 @@ async fn smoke(demo: &Demo, acme: &str, globex: &str) -> anyhow::Result<()> {
     for (user, token, want) in [("alice", acme, "acme|3"), ("bob", globex, "globex|2")] {
         let out = tokio::process::Command::new("psql")
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
-            .arg(format!("host=127.0.0.1 port={port} dbname=app user={user} sslmode=require"))
+            .arg(format!(
+                "host=127.0.0.1 port={port} dbname=app user={user} sslmode=require"
+            ))
             .args(["-c", "SELECT tenant_id, count(*) FROM customers GROUP BY 1"])
             .env("PGPASSWORD", token)
             .output()

@@ -16,7 +16,6 @@ use pgwire::api::auth::{
 };
 use pgwire::api::{ClientInfo, DefaultClient, PgWireConnectionState};
 use pgwire::error::PgWireResult;
-use pgwire::messages::startup::SecretKey;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::tokio::server::{MaybeTls, PgWireMessageServerCodec};
 use tokio::io::AsyncWriteExt;
@@ -95,10 +94,7 @@ impl AuthSource<Result<Identity, AuthError>> for JwtSource {
 }
 
 /// Runs the handshake on a new connection.
-pub async fn handshake(
-    incoming: Incoming,
-    cfg: &HandshakeConfig,
-) -> Result<Accepted, ClientError> {
+pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Accepted, ClientError> {
     let (mut framed, peer) = match incoming {
         Incoming::Tcp(tcp) => {
             let peer = tcp.peer_addr().ok();
@@ -118,9 +114,11 @@ pub async fn handshake(
     let startup = match framed.next().await {
         Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
         Some(Ok(PgWireFrontendMessage::CancelRequest(c))) => {
-            let secret = match c.secret_key {
-                SecretKey::I32(s) => s,
-                SecretKey::Bytes(_) => return Err(ClientError::Closed),
+            // Keys are always 4 bytes here: the proxy negotiates protocol 3.0.
+            let Some(secret) = c.secret_key.as_i32() else {
+                return Err(ClientError::Protocol(
+                    "cancel key of unexpected length".into(),
+                ));
             };
             return Ok(Accepted::Cancel { pid: c.pid, secret });
         }
@@ -140,10 +138,18 @@ pub async fn handshake(
         }
     }
     // Protocol 3.x above 3.0 and `_pq_.` options are negotiated down: the upstream speaks 3.0.
-    let unsupported: Vec<&str> =
-        startup.parameters.keys().filter(|k| k.starts_with("_pq_.")).map(String::as_str).collect();
+    let unsupported: Vec<&str> = startup
+        .parameters
+        .keys()
+        .filter(|k| k.starts_with("_pq_."))
+        .map(String::as_str)
+        .collect();
     if startup.protocol_number_major != 3 {
-        return fail(framed, ClientError::Protocol("unsupported frontend protocol".into())).await;
+        return fail(
+            framed,
+            ClientError::Protocol("unsupported frontend protocol".into()),
+        )
+        .await;
     }
     if startup.protocol_number_minor > 0 || !unsupported.is_empty() {
         let mut buf = BytesMut::new();
@@ -151,37 +157,66 @@ pub async fn handshake(
         framed.get_mut().write_all(&buf).await?;
     }
     let user = startup.parameters.get("user").cloned().unwrap_or_default();
-    let database = startup.parameters.get("database").cloned().unwrap_or_else(|| user.clone());
+    let database = startup
+        .parameters
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| user.clone());
     if user.is_empty() {
-        return fail(framed, ClientError::Protocol("no PostgreSQL user name specified in startup packet".into())).await;
+        return fail(
+            framed,
+            ClientError::Protocol("no PostgreSQL user name specified in startup packet".into()),
+        )
+        .await;
     }
     if database != cfg.database {
-        return fail(framed, ClientError::UnknownDatabase { asked: database, served: cfg.database.clone() }).await;
+        return fail(
+            framed,
+            ClientError::UnknownDatabase {
+                asked: database,
+                served: cfg.database.clone(),
+            },
+        )
+        .await;
     }
     pgwire::api::auth::save_startup_parameters_to_metadata(&mut framed, &startup);
 
     let driver: AuthDriver<DefaultServerParameterProvider, Result<Identity, AuthError>> =
         AuthDriver::new(DefaultServerParameterProvider::default());
-    let factory = CleartextPasswordAuth::new(Arc::new(JwtSource { verifier: cfg.verifier.clone() }));
-    driver.begin_authentication(&mut framed, factory.create()).await?;
+    let factory = CleartextPasswordAuth::new(Arc::new(JwtSource {
+        verifier: cfg.verifier.clone(),
+    }));
+    driver
+        .begin_authentication(&mut framed, factory.create())
+        .await?;
     let message = match framed.next().await {
         Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => m,
         Some(Ok(_)) => return fail(framed, ClientError::Auth(AuthError::Empty)).await,
+        // pgwire caps the password message at 10000 bytes.
+        Some(Err(pgwire::error::PgWireError::MessageTooLarge(..))) => {
+            return fail(framed, ClientError::Auth(AuthError::TooLarge)).await
+        }
         Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
         None => return Err(ClientError::Closed),
     };
     let identity = match driver.advance_authentication(&mut framed, message).await {
-        Ok(AuthOutcome::Authenticated { identity: Some(Ok(id)), .. }) => id,
-        Ok(AuthOutcome::Authenticated { identity: Some(Err(e)), .. }) => {
-            return fail(framed, ClientError::Auth(e)).await
-        }
+        Ok(AuthOutcome::Authenticated {
+            identity: Some(Ok(id)),
+            ..
+        }) => id,
+        Ok(AuthOutcome::Authenticated {
+            identity: Some(Err(e)),
+            ..
+        }) => return fail(framed, ClientError::Auth(e)).await,
         Ok(_) => return fail(framed, ClientError::Auth(AuthError::Empty)).await,
         Err(e) => return Err(ClientError::Protocol(e.to_string())),
     };
     let startup_params = startup
         .parameters
         .iter()
-        .filter(|(k, _)| k.as_str() != "user" && k.as_str() != "database" && !k.starts_with("_pq_."))
+        .filter(|(k, _)| {
+            k.as_str() != "user" && k.as_str() != "database" && !k.starts_with("_pq_.")
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let parts = framed.into_parts();
@@ -199,7 +234,12 @@ pub async fn handshake(
 /// Sends the FATAL ErrorResponse for `err` and returns it.
 async fn fail(mut framed: ClientFramed, err: ClientError) -> Result<Accepted, ClientError> {
     let mut buf = BytesMut::new();
-    protocol::put_error(&mut buf, Severity::Fatal, err.sqlstate(), &err.client_message());
+    protocol::put_error(
+        &mut buf,
+        Severity::Fatal,
+        err.sqlstate(),
+        &err.client_message(),
+    );
     let io = framed.get_mut();
     let _ = io.write_all(&buf).await;
     let _ = io.shutdown().await;

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{self, Metrics as DpMetrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+use deadpool::managed::{
+    self, Metrics as DpMetrics, Object, PoolError, RecycleError, RecycleResult, Timeouts,
+};
 use tracing::{debug, warn};
 
 use crate::backend::{BackendError, Connector, ServerConn};
@@ -59,7 +61,11 @@ impl managed::Manager for Manager {
         match reason {
             Some(r) => {
                 Metrics::inc(&self.metrics.upstream_discarded);
-                debug!(pid = conn.pid(), reason = r, "upstream connection discarded");
+                debug!(
+                    pid = conn.pid(),
+                    reason = r,
+                    "upstream connection discarded"
+                );
                 Err(RecycleError::message(r))
             }
             None => Ok(()),
@@ -100,7 +106,11 @@ pub struct Pool {
 impl Pool {
     pub fn new(connector: Connector, cfg: PoolConfig, metrics: Arc<Metrics>) -> Pool {
         let connector = Arc::new(connector);
-        let manager = Manager { connector: connector.clone(), cfg: cfg.clone(), metrics: metrics.clone() };
+        let manager = Manager {
+            connector: connector.clone(),
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+        };
         let inner = managed::Pool::builder(manager)
             .max_size(cfg.size)
             .runtime(deadpool::Runtime::Tokio1)
@@ -109,7 +119,12 @@ impl Pool {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .expect("runtime and max size are set");
-        Pool { inner, cfg, metrics, connector }
+        Pool {
+            inner,
+            cfg,
+            metrics,
+            connector,
+        }
     }
 
     /// Waits for a connection (up to `pool.acquire_timeout`).
@@ -131,7 +146,9 @@ impl Pool {
             Err(PoolError::Timeout(_)) => Err(CheckoutError::Upstream(BackendError::Timeout)),
             Err(PoolError::Backend(e)) => Err(CheckoutError::Upstream(e)),
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
-            Err(e) => Err(CheckoutError::Upstream(BackendError::Protocol(e.to_string()))),
+            Err(e) => Err(CheckoutError::Upstream(BackendError::Protocol(
+                e.to_string(),
+            ))),
         }
     }
 

@@ -139,7 +139,10 @@ impl Scanner {
             }
             let n = self.skip.min(avail);
             self.skip -= n;
-            return Ok(Step::Pass { start: pos, end: pos + n });
+            return Ok(Step::Pass {
+                start: pos,
+                end: pos + n,
+            });
         }
         // Coalesce runs of uninteresting whole messages into one Pass.
         let mut end = pos;
@@ -152,7 +155,11 @@ impl Scanner {
                             break;
                         }
                         if buf.len() - end >= len {
-                            return Ok(Step::Message { tag, start: end, end: end + len });
+                            return Ok(Step::Message {
+                                tag,
+                                start: end,
+                                end: end + len,
+                            });
                         }
                         return Ok(Step::NeedMore { start: end });
                     }
@@ -215,7 +222,9 @@ pub fn parse_error_fields(msg: &[u8]) -> ErrorFields {
     while pos < b.len() && b[pos] != 0 {
         let field = b[pos];
         pos += 1;
-        let Some(value) = read_cstr(b, &mut pos) else { break };
+        let Some(value) = read_cstr(b, &mut pos) else {
+            break;
+        };
         match field {
             b'V' => out.severity = value.to_owned(),
             b'S' if out.severity.is_empty() => out.severity = value.to_owned(),
@@ -403,12 +412,22 @@ mod tests {
         buf.extend(msg(b'Z', b"I"));
         let mut s = Scanner::new();
         let want = |t| t == b'Z';
-        assert_eq!(s.step(&buf, 0, want).unwrap(), Step::Pass { start: 0, end: 18 });
+        assert_eq!(
+            s.step(&buf, 0, want).unwrap(),
+            Step::Pass { start: 0, end: 18 }
+        );
         assert_eq!(
             s.step(&buf, 18, want).unwrap(),
-            Step::Message { tag: b'Z', start: 18, end: 24 }
+            Step::Message {
+                tag: b'Z',
+                start: 18,
+                end: 24
+            }
         );
-        assert_eq!(s.step(&buf, 24, want).unwrap(), Step::NeedMore { start: 24 });
+        assert_eq!(
+            s.step(&buf, 24, want).unwrap(),
+            Step::NeedMore { start: 24 }
+        );
     }
 
     #[test]
@@ -417,16 +436,26 @@ mod tests {
         let mut s = Scanner::new();
         let want = |t| t == b'Z';
         // First 20 bytes arrive.
-        assert_eq!(s.step(&big[..20], 0, want).unwrap(), Step::Pass { start: 0, end: 20 });
+        assert_eq!(
+            s.step(&big[..20], 0, want).unwrap(),
+            Step::Pass { start: 0, end: 20 }
+        );
         assert!(!s.at_boundary());
         // The rest arrives in a new buffer together with a ReadyForQuery.
         let mut rest = big[20..].to_vec();
         rest.extend(msg(b'Z', b"T"));
-        assert_eq!(s.step(&rest, 0, want).unwrap(), Step::Pass { start: 0, end: 85 });
+        assert_eq!(
+            s.step(&rest, 0, want).unwrap(),
+            Step::Pass { start: 0, end: 85 }
+        );
         assert!(s.at_boundary());
         assert_eq!(
             s.step(&rest, 85, want).unwrap(),
-            Step::Message { tag: b'Z', start: 85, end: 91 }
+            Step::Message {
+                tag: b'Z',
+                start: 85,
+                end: 91
+            }
         );
     }
 
@@ -435,9 +464,22 @@ mod tests {
         let z = msg(b'Z', b"I");
         let mut s = Scanner::new();
         let want = |t| t == b'Z';
-        assert_eq!(s.step(&z[..3], 0, want).unwrap(), Step::NeedMore { start: 0 });
-        assert_eq!(s.step(&z[..5], 0, want).unwrap(), Step::NeedMore { start: 0 });
-        assert_eq!(s.step(&z, 0, want).unwrap(), Step::Message { tag: b'Z', start: 0, end: 6 });
+        assert_eq!(
+            s.step(&z[..3], 0, want).unwrap(),
+            Step::NeedMore { start: 0 }
+        );
+        assert_eq!(
+            s.step(&z[..5], 0, want).unwrap(),
+            Step::NeedMore { start: 0 }
+        );
+        assert_eq!(
+            s.step(&z, 0, want).unwrap(),
+            Step::Message {
+                tag: b'Z',
+                start: 0,
+                end: 6
+            }
+        );
     }
 
     #[test]
@@ -461,7 +503,10 @@ mod tests {
     fn parameter_status_round_trip() {
         let mut buf = BytesMut::new();
         put_parameter_status(&mut buf, "server_version", "15.18");
-        assert_eq!(parse_parameter_status(&buf), Some(("server_version", "15.18")));
+        assert_eq!(
+            parse_parameter_status(&buf),
+            Some(("server_version", "15.18"))
+        );
     }
 
     #[test]

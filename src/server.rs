@@ -37,7 +37,10 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {what}: {source}")]
-    Listen { what: String, source: std::io::Error },
+    Listen {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// Everything a client task needs, shared read-only (plus atomics and the pool).
@@ -54,9 +57,11 @@ impl State {
     /// Builds the state from a validated config (reads keys, certificates, secrets).
     pub fn new(config: Config) -> Result<State, ServerError> {
         tls::install_default_provider();
-        let verifier = JwtVerifier::from_config(&config.auth.jwt).map_err(|e| ServerError::Jwt(e.to_string()))?;
+        let verifier = JwtVerifier::from_config(&config.auth.jwt)
+            .map_err(|e| ServerError::Jwt(e.to_string()))?;
         let target = config.upstream.target()?;
-        let upstream_tls = tls::upstream_connector(target.sslmode, target.root_cert_file.as_deref())?;
+        let upstream_tls =
+            tls::upstream_connector(target.sslmode, target.root_cert_file.as_deref())?;
         let acceptor = match (config.tls.mode, &config.tls.cert_file, &config.tls.key_file) {
             (TlsMode::Disable, _, _) => None,
             (_, Some(cert), Some(key)) => Some(tls::server_acceptor(cert, key)?),
@@ -70,7 +75,14 @@ impl State {
             database: target.database.clone(),
             verifier: Arc::new(verifier),
         };
-        let pool = Pool::new(Connector { target, tls: upstream_tls }, config.pool.clone(), metrics.clone());
+        let pool = Pool::new(
+            Connector {
+                target,
+                tls: upstream_tls,
+            },
+            config.pool.clone(),
+            metrics.clone(),
+        );
         Ok(State {
             owned: OwnedSettings::from_config(&config.tenant),
             pool,
@@ -112,14 +124,19 @@ impl Server {
         let addr = state.config.listen.addr;
         let tcp = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Listen { what: addr.to_string(), source })?;
+            .map_err(|source| ServerError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
         let port = tcp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
         let unix = match &state.config.listen.unix_socket_dir {
             Some(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 let _ = std::fs::remove_file(&path);
-                let l = UnixListener::bind(&path)
-                    .map_err(|source| ServerError::Listen { what: path.display().to_string(), source })?;
+                let l = UnixListener::bind(&path).map_err(|source| ServerError::Listen {
+                    what: path.display().to_string(),
+                    source,
+                })?;
                 Some((l, path))
             }
             None => None,
@@ -128,7 +145,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.tcp.local_addr().expect("bound listener has an address")
+        self.tcp
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -142,7 +161,12 @@ impl Server {
         let state = self.state.clone();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { self.run(token).await });
-        RunningServer { addr, state, shutdown, task }
+        RunningServer {
+            addr,
+            state,
+            shutdown,
+            task,
+        }
     }
 
     /// Accepts clients until `shutdown` is cancelled, then drains sessions.
@@ -189,11 +213,20 @@ impl Server {
                 .instrument(span),
             );
         }
-        info!(sessions = sessions.len(), "shutting down: no new connections");
+        info!(
+            sessions = sessions.len(),
+            "shutting down: no new connections"
+        );
         let grace = state.config.listen.shutdown_timeout;
-        let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(grace, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            info!(sessions = sessions.len(), "shutdown timeout reached: closing remaining sessions");
+            info!(
+                sessions = sessions.len(),
+                "shutdown timeout reached: closing remaining sessions"
+            );
             terminate.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while sessions.join_next().await.is_some() {}
@@ -212,7 +245,9 @@ fn peer_label(peer: Option<SocketAddr>) -> String {
     peer.map(|p| p.to_string()).unwrap_or_else(|| "unix".into())
 }
 
-async fn accept_unix(unix: &Option<(UnixListener, PathBuf)>) -> std::io::Result<tokio::net::UnixStream> {
+async fn accept_unix(
+    unix: &Option<(UnixListener, PathBuf)>,
+) -> std::io::Result<tokio::net::UnixStream> {
     match unix {
         Some((l, _)) => l.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,
@@ -222,7 +257,12 @@ async fn accept_unix(unix: &Option<(UnixListener, PathBuf)>) -> std::io::Result<
 /// Refuses a connection before its startup with a FATAL error.
 async fn reject(incoming: Incoming, err: ClientError) {
     let mut buf = BytesMut::new();
-    protocol::put_error(&mut buf, Severity::Fatal, err.sqlstate(), &err.client_message());
+    protocol::put_error(
+        &mut buf,
+        Severity::Fatal,
+        err.sqlstate(),
+        &err.client_message(),
+    );
     match incoming {
         Incoming::Tcp(mut s) => {
             let _ = s.write_all(&buf).await;
@@ -239,10 +279,12 @@ async fn serve_client(state: &State, incoming: Incoming, terminate: Cancellation
     Metrics::inc(&m.clients_total);
     m.clients_active.fetch_add(1, Ordering::Relaxed);
     let timeout = state.config.listen.startup_timeout;
-    let result = match tokio::time::timeout(timeout, handshake::handshake(incoming, &state.handshake)).await {
-        Err(_) => Err(ClientError::StartupTimeout),
-        Ok(r) => r,
-    };
+    let result =
+        match tokio::time::timeout(timeout, handshake::handshake(incoming, &state.handshake)).await
+        {
+            Err(_) => Err(ClientError::StartupTimeout),
+            Ok(r) => r,
+        };
     let result = match result {
         Ok(Accepted::Cancel { pid, secret }) => {
             handle_cancel(state, pid, secret).await;
@@ -274,7 +316,9 @@ async fn handle_cancel(state: &State, pid: i32, secret: i32) {
     match state.cancel.lookup(pid, secret) {
         Some(t) => {
             Metrics::inc(&state.metrics.cancels_forwarded);
-            if let Err(e) = backend::send_cancel(&state.pool.connector, t.server_pid, t.server_secret).await {
+            if let Err(e) =
+                backend::send_cancel(&state.pool.connector, t.server_pid, t.server_secret).await
+            {
                 warn!(error = %e, "forwarding cancel request failed");
             }
         }

@@ -85,7 +85,10 @@ impl SessionContext {
         }
         // Client settings first, tenant context last: rotate the tenant block to the end.
         settings.rotate_left(tenant_len);
-        Ok(SessionContext { settings, tenant_len })
+        Ok(SessionContext {
+            settings,
+            tenant_len,
+        })
     }
 
     /// The tenant-owned settings alone.
@@ -103,7 +106,11 @@ impl SessionContext {
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("pg_catalog.set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2));
+            sql.push_str(&format!(
+                "pg_catalog.set_config(${}, ${}, false)",
+                2 * i + 1,
+                2 * i + 2
+            ));
             params.push(name);
             params.push(value);
         }
@@ -174,13 +181,16 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, ContextErro
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         let assignment = if w == "-c" {
-            it.next().ok_or_else(|| ContextError::BadOptions("-c without a setting".into()))?
+            it.next()
+                .ok_or_else(|| ContextError::BadOptions("-c without a setting".into()))?
         } else if let Some(rest) = w.strip_prefix("-c") {
             rest.to_owned()
         } else if let Some(rest) = w.strip_prefix("--") {
             rest.to_owned()
         } else {
-            return Err(ContextError::BadOptions(format!("unsupported option {w:?}; use -c name=value")));
+            return Err(ContextError::BadOptions(format!(
+                "unsupported option {w:?}; use -c name=value"
+            )));
         };
         let (n, v) = assignment
             .split_once('=')
@@ -196,7 +206,10 @@ mod tests {
 
     #[test]
     fn options_parsing() {
-        let got = parse_options("-c search_path=a,b  -cwork_mem=64MB --statement-timeout=5s -c x.y=a\\ b").unwrap();
+        let got = parse_options(
+            "-c search_path=a,b  -cwork_mem=64MB --statement-timeout=5s -c x.y=a\\ b",
+        )
+        .unwrap();
         assert_eq!(
             got,
             vec![
