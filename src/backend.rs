@@ -61,6 +61,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Set when the connection is in an unknown protocol state; it is then discarded.
     pub broken: bool,
+    /// The context this server holds (set by the proxy), if known.
+    pub context: Option<crate::tenant::ContextFingerprint>,
     /// Fields of the last ErrorResponse seen during startup.
     last_error_fields: ErrorFields,
 }
@@ -95,6 +97,7 @@ impl ServerConn {
             last_used: now,
             broken: false,
             last_error_fields: ErrorFields::default(),
+            context: None,
         };
         conn.startup(t).await?;
         Ok(conn)

@@ -14,12 +14,12 @@ pub struct CancelTarget {
 /// Registry of live client cancel keys.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    map: Mutex<HashMap<(i32, i32), Option<CancelTarget>>>,
 }
 
 impl CancelRegistry {
     /// A fresh random secret that is not in use together with `pid`.
-    pub fn issue(&self, pid: i32, target: CancelTarget) -> i32 {
+    pub fn issue(&self, pid: i32, target: Option<CancelTarget>) -> i32 {
         let mut map = self.map.lock().expect("cancel registry poisoned");
         loop {
             let secret: i32 = rand::random();
@@ -30,13 +30,18 @@ impl CancelRegistry {
         }
     }
 
-    /// Looks up a client's key.
+    /// Looks up the backend a client's key currently points at.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
-        self.map
-            .lock()
-            .expect("cancel registry poisoned")
-            .get(&(pid, secret))
-            .copied()
+        let map = self.map.lock().expect("cancel registry poisoned");
+        map.get(&(pid, secret)).copied().flatten()
+    }
+
+    /// Points a client's key at its current backend (or none, between transactions).
+    pub fn retarget(&self, pid: i32, secret: i32, target: Option<CancelTarget>) {
+        let mut map = self.map.lock().expect("cancel registry poisoned");
+        if let Some(t) = map.get_mut(&(pid, secret)) {
+            *t = target;
+        }
     }
 
     /// Forgets a key (the session ended or left the backend).
@@ -67,8 +72,8 @@ mod tests {
             server_pid: 42,
             server_secret: 7,
         };
-        let a = r.issue(42, t);
-        let b = r.issue(42, t);
+        let a = r.issue(42, Some(t));
+        let b = r.issue(42, Some(t));
         assert_ne!(a, b);
         assert_eq!(r.lookup(42, a), Some(t));
         r.remove(42, a);

@@ -1,18 +1,31 @@
-//! One client session (session pooling): bind a server with the client's tenant
-//! context applied, answer the startup with the real server's parameters, then forward
-//! messages byte-exact both ways until either side ends.
+//! One client session in either pool mode: the startup answer, then one event loop that
+//! binds a server (for the whole session, or per transaction), makes sure the server
+//! holds the client's context before any client message reaches it, and forwards
+//! messages byte-exact both ways.
+//!
+//! Messages the proxy injects (context, re-applied context) travel pipelined in the same
+//! write as the client's messages, each with its own Sync boundary; their replies are
+//! consumed by the proxy (see [`Owner`]), so they cost no extra round trip.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use deadpool::managed::Object;
 use pgwire::tokio::server::MaybeTls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::backend::BackendError;
 use crate::cancel::CancelTarget;
+use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::handshake::Authenticated;
+use crate::inspect::Verdict;
 use crate::metrics::Metrics;
 use crate::pool::Manager;
 use crate::protocol::{self, backend as be, frontend as fe, Scanner, Severity, Step, TxStatus};
@@ -22,35 +35,62 @@ use crate::tenant::SessionContext;
 /// Read-buffer growth step; large enough to batch many small messages per syscall.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// How forwarding ended.
+/// Who receives the replies up to the next ReadyForQuery from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The client's own sync point (Query, Sync, FunctionCall): forwarded.
+    Client,
+    /// A proxy-injected statement: consumed. `critical` ones must succeed (the tenant
+    /// context), otherwise the session fails closed.
+    Proxy { critical: bool },
+}
+
+/// How the session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// Client sent Terminate.
     Terminate,
-    /// Client closed its socket.
     ClientEof,
-    /// Server closed its socket (its FATAL, if any, was forwarded).
     ServerEof,
-    /// The proxy is shutting down.
     Shutdown,
 }
 
-/// Client → server direction state.
-#[derive(Default)]
-struct Upward {
-    scanner: Scanner,
-    /// Messages sent that each produce one ReadyForQuery (Query, Sync, FunctionCall).
-    sync_points: u64,
-    /// Extended-protocol messages sent since the last Sync.
-    extended_open: bool,
+/// Event from the sockets.
+enum Event {
+    ClientData,
+    ServerData,
+    ServerWritten,
+    Terminate,
+    ClientEof,
+    ServerEof,
 }
 
-/// Server → client direction state.
-struct Downward {
-    scanner: Scanner,
-    ready: u64,
+/// Per-client session state.
+struct Session<'s> {
+    state: &'s State,
+    mode: PoolMode,
+    client: MaybeTls,
+    cbuf: BytesMut,
+    up: Scanner,
+    down: Scanner,
+    server: Option<Object<Manager>>,
+    /// Bytes queued for the bound server.
+    to_server: BytesMut,
+    /// One entry per sync point sent to the bound server and not yet answered.
+    owners: VecDeque<Owner>,
+    /// Messages of the current proxy-owned reply being consumed (an error seen in it).
+    proxy_error: Option<protocol::ErrorFields>,
+    /// Extended-protocol messages sent since the last Sync.
+    extended_open: bool,
+    /// Transaction status of the client as last reported.
     tx: TxStatus,
-    params: Vec<(String, String)>,
+    ctx: SessionContext,
+    startup: Vec<(String, String)>,
+    key: (i32, i32),
+    /// Refusal messages to substitute, in order, for the server's marker errors.
+    refusals: VecDeque<String>,
+    marker: String,
+    /// Re-apply the context after the client's next sync point.
+    reapply_after_sync: bool,
 }
 
 /// Runs an authenticated client's session to its end.
@@ -68,85 +108,68 @@ pub async fn run_session(
         Ok(ctx) => ctx,
         Err(e) => return fatal(&mut client.stream, e.into()).await,
     };
-    let mut server = match bind_server(state, &ctx).await {
+    let mode = state.config.pool.mode;
+    let server = match bind_with_context(state, &ctx).await {
         Ok(s) => s,
         Err(e) => return fatal(&mut client.stream, e).await,
     };
-    let target = CancelTarget {
-        server_pid: server.pid(),
-        server_secret: server.secret(),
+    // Session mode: the client sees its backend's real pid. Transaction mode: a virtual
+    // pid, since the backend changes per transaction.
+    let pid = match mode {
+        PoolMode::Session => server.pid(),
+        PoolMode::Transaction => rand::random::<i32>().abs().max(1),
     };
-    let secret = state.cancel.issue(server.pid(), target);
-    let _key = KeyGuard {
-        state,
-        pid: server.pid(),
-        secret,
-    };
+    let target = CancelTarget { server_pid: server.pid(), server_secret: server.secret() };
+    let secret = state.cancel.issue(pid, Some(target));
+    let _key = KeyGuard { state, pid, secret };
 
     let mut out = BytesMut::with_capacity(512);
     protocol::put_auth_ok(&mut out);
     for (name, value) in server.params() {
         protocol::put_parameter_status(&mut out, name, value);
     }
-    protocol::put_backend_key_data(&mut out, server.pid(), secret);
+    protocol::put_backend_key_data(&mut out, pid, secret);
     protocol::put_ready_for_query(&mut out, TxStatus::Idle);
     client.stream.write_all(&out).await?;
-
-    let mut up = Upward::default();
-    let mut down = Downward {
-        scanner: Scanner::new(),
-        ready: 0,
-        tx: server.tx,
-        params: Vec::new(),
+    client.stream.flush().await?;
+    let server = match mode {
+        PoolMode::Session => Some(server),
+        PoolMode::Transaction => {
+            state.cancel.retarget(pid, secret, None);
+            state.pool.release(server);
+            None
+        }
     };
-    let end = forward(
-        &mut client.stream,
-        &mut client.leftover,
-        &mut server,
-        &mut up,
-        &mut down,
-        &terminate,
-    )
-    .await;
-    for (n, v) in std::mem::take(&mut down.params) {
-        server.note_parameter(&n, &v);
-    }
-    server.tx = down.tx;
-    let at_boundary = up.sync_points == down.ready
-        && !up.extended_open
-        && up.scanner.at_boundary()
-        && down.scanner.at_boundary()
-        && server.rbuf.is_empty();
-    debug!(end = ?end, at_boundary, "session ended");
-    match end {
-        Ok(End::Terminate) | Ok(End::ClientEof) => {
-            state.pool.checkin(server, at_boundary).await;
-            Ok(())
-        }
-        Ok(End::ServerEof) => {
-            state
-                .pool
-                .discard(server, "server closed the connection")
-                .await;
-            let err = ClientError::Upstream(BackendError::Protocol(
-                "server closed the connection unexpectedly".into(),
-            ));
-            fatal(&mut client.stream, err).await
-        }
-        Ok(End::Shutdown) => {
-            state.pool.checkin(server, at_boundary).await;
-            fatal(&mut client.stream, ClientError::Shutdown).await
-        }
-        Err(e) => {
-            state.pool.discard(server, "forwarding failed").await;
-            Err(e)
-        }
-    }
+    let mut session = Session {
+        state,
+        mode,
+        client: client.stream,
+        cbuf: client.leftover,
+        up: Scanner::new(),
+        down: Scanner::new(),
+        server,
+        to_server: BytesMut::with_capacity(READ_CHUNK),
+        owners: VecDeque::new(),
+        proxy_error: None,
+        extended_open: false,
+        tx: TxStatus::Idle,
+        ctx,
+        startup: client.startup,
+        key: (pid, secret),
+        refusals: VecDeque::new(),
+        marker: format!("rlsgate_refused_{:08x}", rand::random::<u32>()),
+        reapply_after_sync: false,
+    };
+    let end = session.run(&terminate).await;
+    session.finish(end).await
 }
 
-/// Checks out a server and applies the session context on it, replacing servers that
-/// turn out to be dead (for example after a PostgreSQL restart).
-async fn bind_server(state: &State, ctx: &SessionContext) -> Result<Object<Manager>, ClientError> {
+/// Checks out a server and applies the full context, replacing servers that turn out
+/// to be dead (for example after a PostgreSQL restart).
+async fn bind_with_context(
+    state: &State,
+    ctx: &SessionContext,
+) -> Result<Object<Manager>, ClientError> {
     let mut buf = BytesMut::new();
     ctx.encode(&mut buf);
     let mut last = None;
@@ -155,6 +178,7 @@ async fn bind_server(state: &State, ctx: &SessionContext) -> Result<Object<Manag
         match obj.exchange(&buf, 1).await {
             Ok(()) => {
                 Metrics::inc(&state.metrics.context_applied);
+                obj.context = Some(ctx.fingerprint());
                 return Ok(obj);
             }
             Err(e) if obj.broken => {
@@ -171,24 +195,368 @@ async fn bind_server(state: &State, ctx: &SessionContext) -> Result<Object<Manag
     Err(last.map(ClientError::from).unwrap_or(ClientError::Closed))
 }
 
-/// Forwards both directions concurrently until one side ends.
-async fn forward(
-    client: &mut MaybeTls,
-    client_buf: &mut BytesMut,
-    server: &mut Object<Manager>,
-    up: &mut Upward,
-    down: &mut Downward,
-    terminate: &CancellationToken,
-) -> Result<End, ClientError> {
-    let server = &mut **server;
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut sr, mut sw) = tokio::io::split(&mut server.stream);
-    let server_buf = &mut server.rbuf;
-    tokio::select! {
-        r = pump_up(&mut cr, &mut sw, client_buf, up) => r,
-        r = pump_down(&mut sr, &mut cw, server_buf, down) => r,
-        _ = terminate.cancelled() => Ok(End::Shutdown),
+impl Session<'_> {
+    /// The event loop.
+    async fn run(&mut self, terminate: &CancellationToken) -> Result<End, ClientError> {
+        let mut cancelled = pin!(terminate.cancelled());
+        loop {
+            let event = self.next_event(cancelled.as_mut()).await?;
+            match event {
+                Event::Terminate => return Ok(End::Shutdown),
+                Event::ClientEof => return Ok(End::ClientEof),
+                Event::ServerEof => return Ok(End::ServerEof),
+                Event::ServerWritten => {}
+                Event::ClientData => {
+                    if self.on_client_data().await? {
+                        return Ok(End::Terminate);
+                    }
+                }
+                Event::ServerData => self.on_server_data().await?,
+            }
+        }
     }
+
+    /// Waits for the next thing to do: write queued bytes to the server, read the
+    /// server, read the client (only when nothing is queued for the server, which gives
+    /// backpressure), or shutdown.
+    async fn next_event(
+        &mut self,
+        mut cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Result<Event, ClientError> {
+        let Session { client, cbuf, server, to_server, .. } = self;
+        poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Terminate));
+            }
+            if let Some(srv) = server.as_mut() {
+                let srv = &mut **srv;
+                if !to_server.is_empty() {
+                    match std::pin::Pin::new(&mut srv.stream).poll_write(cx, to_server) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ServerEof)),
+                        Poll::Ready(Ok(n)) => {
+                            to_server.advance(n);
+                            if to_server.is_empty() {
+                                let _ = std::pin::Pin::new(&mut srv.stream).poll_flush(cx);
+                            }
+                            return Poll::Ready(Ok(Event::ServerWritten));
+                        }
+                        Poll::Ready(Err(e)) => {
+                            srv.broken = true;
+                            return Poll::Ready(Err(ClientError::Upstream(e.into())));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                srv.rbuf.reserve(READ_CHUNK);
+                match poll_read_buf(std::pin::Pin::new(&mut srv.stream), cx, &mut srv.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ServerEof)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ServerData)),
+                    Poll::Ready(Err(e)) => {
+                        srv.broken = true;
+                        return Poll::Ready(Err(ClientError::Upstream(e.into())));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if to_server.is_empty() {
+                cbuf.reserve(READ_CHUNK);
+                match poll_read_buf(std::pin::Pin::new(&mut *client), cx, cbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientEof)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::ClientData)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Processes complete client messages: binds a server if needed, inspects SQL,
+    /// queues everything for the server. Returns true on Terminate. Positions are
+    /// relative to the start of `cbuf`, which `queue` advances.
+    async fn on_client_data(&mut self) -> Result<bool, ClientError> {
+        let mut pos = 0;
+        loop {
+            let (tag, start, end) = match self.up.step(&self.cbuf, pos, wanted_up).map_err(proto)? {
+                Step::Pass { end, .. } => {
+                    pos = end;
+                    continue;
+                }
+                Step::NeedMore { start } => {
+                    pos = start;
+                    break;
+                }
+                Step::Message { tag, start, end } => (tag, start, end),
+            };
+            if tag == fe::TERMINATE {
+                self.queue(start);
+                return Ok(true);
+            }
+            if self.server.is_none() {
+                self.bind().await?;
+            }
+            pos = end;
+            match tag {
+                fe::QUERY | fe::PARSE => {
+                    match crate::inspect::inspect_message(self.state, tag, &self.cbuf[start..end]) {
+                        Verdict::Allow => {}
+                        Verdict::AllowReapply => self.reapply_after_sync = true,
+                        Verdict::Refuse(message) => {
+                            let replacement = self.refusal_message(tag, start, end, message);
+                            self.queue(start);
+                            self.cbuf.advance(end - start);
+                            self.to_server.extend_from_slice(&replacement);
+                            pos = 0;
+                        }
+                    }
+                    if tag == fe::QUERY {
+                        pos = self.sync_point(pos);
+                    } else {
+                        self.extended_open = true;
+                    }
+                }
+                fe::SYNC => {
+                    self.extended_open = false;
+                    pos = self.sync_point(pos);
+                }
+                fe::FUNCTION_CALL => self.owners.push_back(Owner::Client),
+                _ => self.extended_open = true,
+            }
+        }
+        if pos > 0 {
+            if self.server.is_none() {
+                self.bind().await?;
+            }
+            self.queue(pos);
+        }
+        Ok(false)
+    }
+
+    /// Records a client sync point ending at `pos`; when the context must be re-applied
+    /// (after `RESET ALL` / `DISCARD ALL`), queues it right behind, in the same write.
+    /// Returns the new position (0 when bytes were queued).
+    fn sync_point(&mut self, pos: usize) -> usize {
+        self.owners.push_back(Owner::Client);
+        if !self.reapply_after_sync {
+            return pos;
+        }
+        self.reapply_after_sync = false;
+        self.queue(pos);
+        self.ctx.encode(&mut self.to_server);
+        self.owners.push_back(Owner::Proxy { critical: false });
+        0
+    }
+
+    /// Moves `cbuf[..n]` to the server queue (one copy into a reused buffer).
+    fn queue(&mut self, n: usize) {
+        if n > 0 {
+            self.to_server.extend_from_slice(&self.cbuf[..n]);
+            self.cbuf.advance(n);
+        }
+    }
+
+    /// Checks out a server for the client and queues whatever it needs to hold the
+    /// client's context: nothing when it already does, else the tenant `set_config`
+    /// (and the client's own settings when they differ), ahead of the client's bytes.
+    async fn bind(&mut self) -> Result<(), ClientError> {
+        debug_assert!(self.to_server.is_empty() && self.owners.is_empty());
+        let mut obj = self.state.pool.checkout().await?;
+        let want = self.ctx.fingerprint();
+        if obj.context != Some(want) {
+            if obj.context.map(|c| c.client) != Some(want.client) {
+                protocol::put_query(&mut self.to_server, "RESET ALL");
+                self.owners.push_back(Owner::Proxy { critical: false });
+                if self.ctx.encode_client(&mut self.to_server) {
+                    self.owners.push_back(Owner::Proxy { critical: false });
+                }
+            }
+            self.ctx.encode_tenant(&mut self.to_server);
+            self.owners.push_back(Owner::Proxy { critical: true });
+            obj.context = Some(want);
+            Metrics::inc(&self.state.metrics.context_applied);
+        } else {
+            Metrics::inc(&self.state.metrics.context_reused);
+        }
+        let target = CancelTarget { server_pid: obj.pid(), server_secret: obj.secret() };
+        self.state.cancel.retarget(self.key.0, self.key.1, Some(target));
+        self.server = Some(obj);
+        Ok(())
+    }
+
+    /// Transaction mode: returns the server once the client is idle at a boundary.
+    fn maybe_release(&mut self) {
+        if self.mode != PoolMode::Transaction || !self.at_boundary() || self.tx != TxStatus::Idle {
+            return;
+        }
+        if let Some(obj) = self.server.take() {
+            self.state.cancel.retarget(self.key.0, self.key.1, None);
+            self.state.pool.release(obj);
+        }
+    }
+
+    /// True when nothing is in flight between client and server.
+    fn at_boundary(&self) -> bool {
+        self.owners.is_empty()
+            && !self.extended_open
+            && !self.reapply_after_sync
+            && self.up.at_boundary()
+            && self.down.at_boundary()
+            && self.to_server.is_empty()
+            && self.server.as_ref().is_none_or(|s| s.rbuf.is_empty())
+    }
+
+    /// Processes server messages: consumes replies to the proxy's own statements,
+    /// forwards the rest, swaps marker errors for refusals, tracks ReadyForQuery.
+    async fn on_server_data(&mut self) -> Result<(), ClientError> {
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        let buf = &mut server.rbuf;
+        let mut params = Vec::new();
+        let mut pos = 0;
+        loop {
+            if let Some(Owner::Proxy { critical }) = self.owners.front().copied() {
+                // Forward what belongs to the client first.
+                if pos > 0 {
+                    write_client(&mut self.client, &buf[..pos]).await?;
+                    buf.advance(pos);
+                    pos = 0;
+                }
+                let Some((tag, len)) = protocol::header(buf).map_err(proto)? else { break };
+                if buf.len() < len {
+                    break;
+                }
+                if tag == be::ERROR_RESPONSE && self.proxy_error.is_none() {
+                    self.proxy_error = Some(protocol::parse_error_fields(&buf[..len]));
+                } else if tag == be::READY_FOR_QUERY {
+                    self.owners.pop_front();
+                    if let Some(err) = self.proxy_error.take() {
+                        if critical {
+                            return Err(ClientError::ContextFailed(err.message));
+                        }
+                        debug!(code = %err.code, "re-applying context failed in an aborted transaction");
+                    }
+                }
+                buf.advance(len);
+                continue;
+            }
+            let step = self.down.step(buf, pos, wanted_down).map_err(proto)?;
+            match step {
+                Step::Pass { end, .. } => pos = end,
+                Step::NeedMore { start } => {
+                    pos = start;
+                    break;
+                }
+                Step::Message { tag, start, end } => {
+                    let msg = &buf[start..end];
+                    match tag {
+                        be::READY_FOR_QUERY => {
+                            self.owners.pop_front();
+                            self.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN]).unwrap_or(TxStatus::Failed);
+                        }
+                        be::PARAMETER_STATUS => {
+                            if let Some((n, v)) = protocol::parse_parameter_status(msg) {
+                                params.push((n.to_owned(), v.to_owned()));
+                            }
+                        }
+                        _ => {
+                            let fields = protocol::parse_error_fields(msg);
+                            if fields.message.contains(&self.marker) {
+                                let refusal = self.refusals.pop_front().unwrap_or_default();
+                                write_client(&mut self.client, &buf[..start]).await?;
+                                let mut err = BytesMut::new();
+                                protocol::put_error(&mut err, Severity::Error, "42501", &refusal);
+                                write_client(&mut self.client, &err).await?;
+                                buf.advance(end);
+                                pos = 0;
+                                continue;
+                            }
+                        }
+                    }
+                    pos = end;
+                }
+            }
+        }
+        if pos > 0 {
+            write_client(&mut self.client, &buf[..pos]).await?;
+            buf.advance(pos);
+        }
+        for (n, v) in params {
+            server.note_parameter(&n, &v);
+        }
+        self.client.flush().await?;
+        self.maybe_release();
+        Ok(())
+    }
+
+    /// Ends the session: returns or discards the server, tells the client why if needed.
+    async fn finish(&mut self, end: Result<End, ClientError>) -> Result<(), ClientError> {
+        let at_boundary = self.at_boundary();
+        debug!(end = ?end, at_boundary, "session ended");
+        let mut server = self.server.take();
+        if let Some(s) = server.as_mut() {
+            s.tx = self.tx;
+        }
+        let pool = &self.state.pool;
+        match end {
+            Ok(End::Terminate) | Ok(End::ClientEof) => {
+                if let Some(s) = server {
+                    pool.checkin(s, at_boundary).await;
+                }
+                Ok(())
+            }
+            Ok(End::Shutdown) => {
+                if let Some(s) = server {
+                    pool.checkin(s, at_boundary).await;
+                }
+                fatal(&mut self.client, ClientError::Shutdown).await
+            }
+            Ok(End::ServerEof) => {
+                if let Some(s) = server {
+                    pool.discard(s, "server closed the connection").await;
+                }
+                let err = ClientError::Upstream(BackendError::Protocol(
+                    "server closed the connection unexpectedly".into(),
+                ));
+                fatal(&mut self.client, err).await
+            }
+            Err(e) => {
+                if let Some(s) = server {
+                    pool.discard(s, "session failed").await;
+                }
+                if matches!(e, ClientError::ContextFailed(_)) {
+                    warn!(error = %e, "tenant context could not be applied; session closed");
+                    return fatal(&mut self.client, e).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A Query/Parse that makes the server fail with a marker error at the same point
+    /// of the pipeline; the marker error is replaced by the refusal on the way back, so
+    /// ordering, transaction status and pipeline error handling stay PostgreSQL's own.
+    fn refusal_message(&mut self, tag: u8, start: usize, end: usize, message: String) -> BytesMut {
+        Metrics::inc(&self.state.metrics.guard_refusals);
+        self.refusals.push_back(message);
+        let sql = format!("SELECT {}.refused", self.marker);
+        let mut out = BytesMut::new();
+        if tag == fe::QUERY {
+            protocol::put_query(&mut out, &sql);
+        } else {
+            let name = parse_statement_name(&self.cbuf[start..end]).unwrap_or("").to_owned();
+            protocol::put_parse(&mut out, &name, &sql);
+        }
+        out
+    }
+}
+
+fn proto(e: protocol::FrameError) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+fn parse_statement_name(msg: &[u8]) -> Option<&str> {
+    let mut pos = 0;
+    protocol::read_cstr(protocol::body(msg), &mut pos)
 }
 
 fn wanted_up(tag: u8) -> bool {
@@ -207,110 +575,13 @@ fn wanted_up(tag: u8) -> bool {
     )
 }
 
-/// Client → server: forwards everything, stops at Terminate, counts sync points.
-async fn pump_up<R, W>(
-    cr: &mut R,
-    sw: &mut W,
-    buf: &mut BytesMut,
-    st: &mut Upward,
-) -> Result<End, ClientError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let mut pos = 0;
-        loop {
-            match st
-                .scanner
-                .step(buf, pos, wanted_up)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                Step::Pass { end, .. } => pos = end,
-                Step::Message { tag, start, end } => {
-                    match tag {
-                        fe::TERMINATE => {
-                            if start > 0 {
-                                sw.write_all(&buf[..start]).await?;
-                            }
-                            return Ok(End::Terminate);
-                        }
-                        fe::QUERY | fe::FUNCTION_CALL => st.sync_points += 1,
-                        fe::SYNC => {
-                            st.sync_points += 1;
-                            st.extended_open = false;
-                        }
-                        _ => st.extended_open = true,
-                    }
-                    pos = end;
-                }
-                Step::NeedMore { start } => {
-                    pos = start;
-                    break;
-                }
-            }
-        }
-        if pos > 0 {
-            sw.write_all(&buf[..pos]).await?;
-            buf.advance(pos);
-        }
-        buf.reserve(READ_CHUNK);
-        if cr.read_buf(buf).await? == 0 {
-            return Ok(End::ClientEof);
-        }
-    }
-}
-
 fn wanted_down(tag: u8) -> bool {
-    tag == be::READY_FOR_QUERY || tag == be::PARAMETER_STATUS
+    tag == be::READY_FOR_QUERY || tag == be::PARAMETER_STATUS || tag == be::ERROR_RESPONSE
 }
 
-/// Server → client: forwards everything, tracks ReadyForQuery and ParameterStatus.
-async fn pump_down<R, W>(
-    sr: &mut R,
-    cw: &mut W,
-    buf: &mut BytesMut,
-    st: &mut Downward,
-) -> Result<End, ClientError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let mut pos = 0;
-        loop {
-            match st
-                .scanner
-                .step(buf, pos, wanted_down)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                Step::Pass { end, .. } => pos = end,
-                Step::Message { tag, start, end } => {
-                    let msg = &buf[start..end];
-                    if tag == be::READY_FOR_QUERY {
-                        st.ready += 1;
-                        st.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN])
-                            .unwrap_or(TxStatus::Failed);
-                    } else if let Some((n, v)) = protocol::parse_parameter_status(msg) {
-                        st.params.push((n.to_owned(), v.to_owned()));
-                    }
-                    pos = end;
-                }
-                Step::NeedMore { start } => {
-                    pos = start;
-                    break;
-                }
-            }
-        }
-        if pos > 0 {
-            cw.write_all(&buf[..pos]).await?;
-            buf.advance(pos);
-        }
-        buf.reserve(READ_CHUNK);
-        if sr.read_buf(buf).await? == 0 {
-            return Ok(End::ServerEof);
-        }
-    }
+async fn write_client(client: &mut MaybeTls, bytes: &[u8]) -> Result<(), ClientError> {
+    client.write_all(bytes).await?;
+    Ok(())
 }
 
 /// Sends a FATAL ErrorResponse for `err` and returns it.
@@ -319,13 +590,9 @@ pub async fn fatal<S: AsyncWrite + Unpin>(
     err: ClientError,
 ) -> Result<(), ClientError> {
     let mut buf = BytesMut::new();
-    protocol::put_error(
-        &mut buf,
-        Severity::Fatal,
-        err.sqlstate(),
-        &err.client_message(),
-    );
+    protocol::put_error(&mut buf, Severity::Fatal, err.sqlstate(), &err.client_message());
     let _ = stream.write_all(&buf).await;
+    let _ = stream.flush().await;
     let _ = stream.shutdown().await;
     Err(err)
 }

@@ -35,6 +35,8 @@ pub enum ClientError {
     StartupTimeout,
     #[error("shutting down")]
     Shutdown,
+    #[error("tenant context could not be applied: {0}")]
+    ContextFailed(String),
 }
 
 impl From<pgwire::error::PgWireError> for ClientError {
@@ -64,6 +66,7 @@ impl ClientError {
             ClientError::TooManyClients => "53300",
             ClientError::StartupTimeout => "08006",
             ClientError::Shutdown => "57P01",
+            ClientError::ContextFailed(_) => "08006",
         }
     }
 

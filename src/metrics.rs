@@ -16,6 +16,9 @@ pub struct Metrics {
     pub pool_timeouts: AtomicU64,
     pub checkouts: AtomicU64,
     pub context_applied: AtomicU64,
+    /// Transaction-mode binds where the server already held the client's context.
+    pub context_reused: AtomicU64,
+    pub guard_refusals: AtomicU64,
     pub cancels_forwarded: AtomicU64,
     pub cancels_ignored: AtomicU64,
 }

@@ -166,11 +166,19 @@ impl Pool {
                 return;
             }
         }
+        obj.context = None;
         if let Err(e) = obj.simple_query(&self.cfg.reset_query).await {
             warn!(error = %e, "reset query failed; closing upstream connection");
             self.discard(obj, "reset failed").await;
             return;
         }
+        drop(obj);
+    }
+
+    /// Returns a server at a transaction boundary (transaction pooling) without resetting
+    /// it: it keeps the context it holds, which the next client may reuse for free.
+    pub fn release(&self, mut obj: Object<Manager>) {
+        obj.last_used = Instant::now();
         drop(obj);
     }
 

@@ -346,6 +346,15 @@ pub fn put_bound_query(buf: &mut BytesMut, sql: &str, params: &[&str]) {
     put_sync(buf);
 }
 
+/// Appends Parse of `sql` as statement `name`, no declared parameter types.
+pub fn put_parse(buf: &mut BytesMut, name: &str, sql: &str) {
+    let start = begin(buf, frontend::PARSE);
+    put_cstr(buf, name);
+    put_cstr(buf, sql);
+    buf.put_i16(0);
+    finish(buf, start);
+}
+
 /// Appends Sync.
 pub fn put_sync(buf: &mut BytesMut) {
     buf.put_u8(frontend::SYNC);

@@ -96,26 +96,86 @@ impl SessionContext {
         &self.settings[self.settings.len() - self.tenant_len..]
     }
 
-    /// Appends Parse/Bind/Execute/Sync running `SELECT set_config($1,$2,false), ...`.
-    /// The statement text holds only placeholders, so values are not visible in
-    /// `pg_stat_activity.query` of other sessions.
-    pub fn encode(&self, buf: &mut BytesMut) {
-        let mut sql = String::from("SELECT ");
-        let mut params: Vec<&str> = Vec::with_capacity(self.settings.len() * 2);
-        for (i, (name, value)) in self.settings.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "pg_catalog.set_config(${}, ${}, false)",
-                2 * i + 1,
-                2 * i + 2
-            ));
-            params.push(name);
-            params.push(value);
-        }
-        protocol::put_bound_query(buf, &sql, &params);
+    /// The client's own settings (startup parameters and remembered `SET`s).
+    pub fn client_settings(&self) -> &[(String, String)] {
+        &self.settings[..self.settings.len() - self.tenant_len]
     }
+
+    /// Appends Parse/Bind/Execute/Sync running `SELECT set_config($1,$2,false), ...` for
+    /// every setting. The statement text holds only placeholders, so values are not
+    /// visible in `pg_stat_activity.query` of other sessions.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        encode_settings(buf, &self.settings);
+    }
+
+    /// Appends the bound `set_config` statement for the tenant settings alone.
+    pub fn encode_tenant(&self, buf: &mut BytesMut) {
+        encode_settings(buf, self.tenant_settings());
+    }
+
+    /// Appends the bound `set_config` statement for the client settings alone (nothing
+    /// when there are none). Returns whether anything was appended.
+    pub fn encode_client(&self, buf: &mut BytesMut) -> bool {
+        let client = self.client_settings();
+        if client.is_empty() {
+            return false;
+        }
+        encode_settings(buf, client);
+        true
+    }
+
+    /// Identity of the whole context (what a server must hold for this client).
+    pub fn fingerprint(&self) -> ContextFingerprint {
+        ContextFingerprint { all: hash(&self.settings), client: hash(self.client_settings()) }
+    }
+
+    /// Records a session-level setting the client changed, by the value the server
+    /// holds afterwards (so it can be re-applied on another server).
+    pub fn remember(&mut self, name: &str, value: &str) {
+        let client_len = self.settings.len() - self.tenant_len;
+        match self.settings[..client_len].iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some(entry) => value.clone_into(&mut entry.1),
+            None => self.settings.insert(client_len, (name.to_owned(), value.to_owned())),
+        }
+    }
+
+    /// Forgets a remembered client setting (`RESET name`).
+    pub fn forget(&mut self, name: &str) {
+        let client_len = self.settings.len() - self.tenant_len;
+        if let Some(i) =
+            self.settings[..client_len].iter().position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            self.settings.remove(i);
+        }
+    }
+}
+
+/// Hashes of a context, compared to decide what a server needs re-applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextFingerprint {
+    pub all: u64,
+    pub client: u64,
+}
+
+fn hash(settings: &[(String, String)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    settings.hash(&mut h);
+    h.finish()
+}
+
+fn encode_settings(buf: &mut BytesMut, settings: &[(String, String)]) {
+    let mut sql = String::from("SELECT ");
+    let mut params: Vec<&str> = Vec::with_capacity(settings.len() * 2);
+    for (i, (name, value)) in settings.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("pg_catalog.set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2));
+        params.push(name);
+        params.push(value);
+    }
+    protocol::put_bound_query(buf, &sql, &params);
 }
 
 fn push_client_setting(

@@ -1,0 +1,1 @@
+//! Statement guard (work in progress).
