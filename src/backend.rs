@@ -61,6 +61,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Set when the connection is in an unknown protocol state; it is then discarded.
     pub broken: bool,
+    /// Named statements prepared on this server by the proxy (transaction pooling).
+    pub statements: crate::prepared::ServerStatements,
     /// The context this server holds (set by the proxy), if known.
     pub context: Option<crate::tenant::ContextFingerprint>,
     /// Fields of the last ErrorResponse seen during startup.
@@ -98,6 +100,7 @@ impl ServerConn {
             broken: false,
             last_error_fields: ErrorFields::default(),
             context: None,
+            statements: Default::default(),
         };
         conn.startup(t).await?;
         Ok(conn)

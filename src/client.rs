@@ -5,7 +5,7 @@
 //!
 //! Messages the proxy injects (context, re-applied context) travel pipelined in the same
 //! write as the client's messages, each with its own Sync boundary; their replies are
-//! consumed by the proxy (see [`Owner`]), so they cost no extra round trip.
+//! consumed by the proxy (see [`crate::pipeline`]), so they cost no extra round trip.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -27,23 +27,15 @@ use crate::error::ClientError;
 use crate::handshake::Authenticated;
 use crate::inspect::Verdict;
 use crate::metrics::Metrics;
+use crate::pipeline::{Disposition, Pipeline, Reply};
 use crate::pool::Manager;
+use crate::prepared::{self, ClientStatements};
 use crate::protocol::{self, backend as be, frontend as fe, Scanner, Severity, Step, TxStatus};
 use crate::server::State;
 use crate::tenant::SessionContext;
 
 /// Read-buffer growth step; large enough to batch many small messages per syscall.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// Who receives the replies up to the next ReadyForQuery from the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owner {
-    /// The client's own sync point (Query, Sync, FunctionCall): forwarded.
-    Client,
-    /// A proxy-injected statement: consumed. `critical` ones must succeed (the tenant
-    /// context), otherwise the session fails closed.
-    Proxy { critical: bool },
-}
 
 /// How the session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +67,12 @@ struct Session<'s> {
     server: Option<Object<Manager>>,
     /// Bytes queued for the bound server.
     to_server: BytesMut,
-    /// One entry per sync point sent to the bound server and not yet answered.
-    owners: VecDeque<Owner>,
-    /// Messages of the current proxy-owned reply being consumed (an error seen in it).
+    /// Replies the bound server owes, and to whom.
+    pipeline: Pipeline,
+    /// Error seen in the proxy-owned reply being consumed.
     proxy_error: Option<protocol::ErrorFields>,
+    /// The client's named statements (transaction mode).
+    statements: ClientStatements,
     /// Extended-protocol messages sent since the last Sync.
     extended_open: bool,
     /// Transaction status of the client as last reported.
@@ -149,7 +143,8 @@ pub async fn run_session(
         down: Scanner::new(),
         server,
         to_server: BytesMut::with_capacity(READ_CHUNK),
-        owners: VecDeque::new(),
+        pipeline: Pipeline::default(),
+        statements: ClientStatements::default(),
         proxy_error: None,
         extended_open: false,
         tx: TxStatus::Idle,
@@ -294,34 +289,25 @@ impl Session<'_> {
                 return Ok(true);
             }
             if self.server.is_none() {
+                // Nothing precedes the first message of a transaction (start == 0 here):
+                // the context goes first, then the client's bytes.
                 self.bind().await?;
             }
-            pos = end;
-            match tag {
-                fe::QUERY | fe::PARSE => {
-                    match crate::inspect::inspect_message(self.state, tag, &self.cbuf[start..end]) {
-                        Verdict::Allow => {}
-                        Verdict::AllowReapply => self.reapply_after_sync = true,
-                        Verdict::Refuse(message) => {
-                            let replacement = self.refusal_message(tag, start, end, message);
-                            self.queue(start);
-                            self.cbuf.advance(end - start);
-                            self.to_server.extend_from_slice(&replacement);
-                            pos = 0;
-                        }
-                    }
-                    if tag == fe::QUERY {
-                        pos = self.sync_point(pos);
-                    } else {
-                        self.extended_open = true;
-                    }
+            pos = match self.on_client_message(tag, start, end)? {
+                Some(replacement) => {
+                    self.queue(start);
+                    self.cbuf.advance(end - start);
+                    self.to_server.extend_from_slice(&replacement);
+                    0
                 }
-                fe::SYNC => {
-                    self.extended_open = false;
-                    pos = self.sync_point(pos);
-                }
-                fe::FUNCTION_CALL => self.owners.push_back(Owner::Client),
-                _ => self.extended_open = true,
+                None => end,
+            };
+            if self.reapply_after_sync && (tag == fe::QUERY || tag == fe::SYNC) {
+                self.reapply_after_sync = false;
+                self.queue(pos);
+                pos = 0;
+                self.ctx.encode(&mut self.to_server);
+                self.pipeline.proxy(false);
             }
         }
         if pos > 0 {
@@ -333,19 +319,135 @@ impl Session<'_> {
         Ok(false)
     }
 
-    /// Records a client sync point ending at `pos`; when the context must be re-applied
-    /// (after `RESET ALL` / `DISCARD ALL`), queues it right behind, in the same write.
-    /// Returns the new position (0 when bytes were queued).
-    fn sync_point(&mut self, pos: usize) -> usize {
-        self.owners.push_back(Owner::Client);
-        if !self.reapply_after_sync {
-            return pos;
+    /// Accounts for one client message. Returns replacement bytes (possibly empty) when
+    /// the message must not go to the server as sent.
+    fn on_client_message(&mut self, tag: u8, start: usize, end: usize) -> Result<Option<BytesMut>, ClientError> {
+        let txn = self.mode == PoolMode::Transaction;
+        match tag {
+            fe::QUERY => {
+                let replacement = self.check_sql(tag, start, end);
+                self.pipeline.client(Reply::UntilReady);
+                Ok(replacement)
+            }
+            fe::PARSE => {
+                self.extended_open = true;
+                if let Some(replacement) = self.check_sql(tag, start, end) {
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(Some(replacement));
+                }
+                if !txn {
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(None);
+                }
+                let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(None);
+                };
+                let mut out = BytesMut::new();
+                if self.server_mut().statements.has(&stmt.server_name) {
+                    self.pipeline.synthetic(BytesMut::from(&PARSE_COMPLETE[..]));
+                } else {
+                    self.add_server_statement(&stmt.server_name, &mut out);
+                    out.extend_from_slice(&stmt.parse);
+                    self.pipeline.client_parse(stmt.server_name.clone());
+                }
+                Ok(Some(out))
+            }
+            fe::BIND => {
+                self.extended_open = true;
+                let replacement = if txn { self.rewrite_bind(start, end) } else { None };
+                self.pipeline.client(Reply::Bind);
+                Ok(replacement)
+            }
+            fe::DESCRIBE | fe::CLOSE => {
+                self.extended_open = true;
+                self.statement_target(tag, start, end)
+            }
+            fe::EXECUTE => {
+                self.extended_open = true;
+                self.pipeline.client(Reply::Execute);
+                Ok(None)
+            }
+            fe::SYNC => {
+                self.extended_open = false;
+                self.pipeline.client(Reply::UntilReady);
+                Ok(None)
+            }
+            fe::FUNCTION_CALL => {
+                self.pipeline.client(Reply::UntilReady);
+                Ok(None)
+            }
+            _ => Ok(None), // Flush: no reply
         }
-        self.reapply_after_sync = false;
-        self.queue(pos);
-        self.ctx.encode(&mut self.to_server);
-        self.owners.push_back(Owner::Proxy { critical: false });
-        0
+    }
+
+    fn server_mut(&mut self) -> &mut crate::backend::ServerConn {
+        self.server.as_mut().expect("bound server")
+    }
+
+    /// Records a statement as prepared on the bound server, closing an evicted one.
+    fn add_server_statement(&mut self, server_name: &str, out: &mut BytesMut) {
+        if let Some(evicted) = self.server_mut().statements.add(server_name) {
+            prepared::put_statement_message(out, fe::CLOSE, &evicted);
+            self.pipeline.swallow_close();
+        }
+    }
+
+    /// Makes sure the bound server has statement `stmt` (queues its Parse ahead if not).
+    fn ensure_statement(&mut self, stmt: &prepared::Statement, out: &mut BytesMut) {
+        if !self.server_mut().statements.has(&stmt.server_name) {
+            self.add_server_statement(&stmt.server_name, out);
+            out.extend_from_slice(&stmt.parse);
+            self.pipeline.swallow_parse(stmt.server_name.clone());
+        }
+    }
+
+    fn rewrite_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
+        let (_, name) = prepared::bind_statement(&self.cbuf[start..end])?;
+        let stmt = self.statements.get(name)?.clone();
+        let mut out = BytesMut::new();
+        self.ensure_statement(&stmt, &mut out);
+        prepared::rewrite_bind(&self.cbuf[start..end], &stmt.server_name, &mut out);
+        Some(out)
+    }
+
+    /// Describe/Close of a named statement in transaction mode: renamed, or (Close)
+    /// answered by the proxy since the server keeps the statement cached.
+    fn statement_target(&mut self, tag: u8, start: usize, end: usize) -> Result<Option<BytesMut>, ClientError> {
+        let reply = if tag == fe::DESCRIBE { Reply::Describe } else { Reply::Close };
+        let named = match prepared::target(&self.cbuf[start..end]) {
+            Some((b'S', name)) if !name.is_empty() && self.mode == PoolMode::Transaction => name.to_owned(),
+            _ => {
+                self.pipeline.client(reply);
+                return Ok(None);
+            }
+        };
+        if tag == fe::CLOSE {
+            self.statements.close(&named);
+            self.pipeline.synthetic(BytesMut::from(&CLOSE_COMPLETE[..]));
+            return Ok(Some(BytesMut::new()));
+        }
+        let Some(stmt) = self.statements.get(&named).cloned() else {
+            self.pipeline.client(reply);
+            return Ok(None);
+        };
+        let mut out = BytesMut::new();
+        self.ensure_statement(&stmt, &mut out);
+        prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
+        self.pipeline.client(reply);
+        Ok(Some(out))
+    }
+
+    /// Runs the guard on a Query/Parse; returns the replacement for a refused one.
+    fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Option<BytesMut> {
+        match crate::inspect::inspect_message(self.state, tag, &self.cbuf[start..end]) {
+            Verdict::Allow => None,
+            Verdict::AllowReapply => {
+                self.reapply_after_sync = true;
+                None
+            }
+            Verdict::Refuse(message) => Some(self.refusal_message(tag, start, end, message)),
+        }
     }
 
     /// Moves `cbuf[..n]` to the server queue (one copy into a reused buffer).
@@ -360,19 +462,18 @@ impl Session<'_> {
     /// client's context: nothing when it already does, else the tenant `set_config`
     /// (and the client's own settings when they differ), ahead of the client's bytes.
     async fn bind(&mut self) -> Result<(), ClientError> {
-        debug_assert!(self.to_server.is_empty() && self.owners.is_empty());
         let mut obj = self.state.pool.checkout().await?;
         let want = self.ctx.fingerprint();
         if obj.context != Some(want) {
             if obj.context.map(|c| c.client) != Some(want.client) {
                 protocol::put_query(&mut self.to_server, "RESET ALL");
-                self.owners.push_back(Owner::Proxy { critical: false });
+                self.pipeline.proxy(false);
                 if self.ctx.encode_client(&mut self.to_server) {
-                    self.owners.push_back(Owner::Proxy { critical: false });
+                    self.pipeline.proxy(false);
                 }
             }
             self.ctx.encode_tenant(&mut self.to_server);
-            self.owners.push_back(Owner::Proxy { critical: true });
+            self.pipeline.proxy(true);
             obj.context = Some(want);
             Metrics::inc(&self.state.metrics.context_applied);
         } else {
@@ -397,7 +498,7 @@ impl Session<'_> {
 
     /// True when nothing is in flight between client and server.
     fn at_boundary(&self) -> bool {
-        self.owners.is_empty()
+        self.pipeline.is_empty()
             && !self.extended_open
             && !self.reapply_after_sync
             && self.up.at_boundary()
@@ -407,50 +508,57 @@ impl Session<'_> {
     }
 
     /// Processes server messages: consumes replies to the proxy's own statements,
-    /// forwards the rest, swaps marker errors for refusals, tracks ReadyForQuery.
+    /// emits synthetic replies in order, forwards the rest, swaps marker errors for
+    /// refusals, tracks ReadyForQuery and ParameterStatus.
     async fn on_server_data(&mut self) -> Result<(), ClientError> {
         let Some(server) = self.server.as_mut() else { return Ok(()) };
-        let buf = &mut server.rbuf;
+        let crate::backend::ServerConn { rbuf: buf, statements, .. } = &mut **server;
         let mut params = Vec::new();
-        let mut pos = 0;
+        let mut pos = 0; // scanned
+        let mut sent = 0; // forwarded or dropped
         loop {
-            if let Some(Owner::Proxy { critical }) = self.owners.front().copied() {
-                // Forward what belongs to the client first.
-                if pos > 0 {
-                    write_client(&mut self.client, &buf[..pos]).await?;
-                    buf.advance(pos);
-                    pos = 0;
-                }
-                let Some((tag, len)) = protocol::header(buf).map_err(proto)? else { break };
-                if buf.len() < len {
-                    break;
-                }
-                if tag == be::ERROR_RESPONSE && self.proxy_error.is_none() {
-                    self.proxy_error = Some(protocol::parse_error_fields(&buf[..len]));
-                } else if tag == be::READY_FOR_QUERY {
-                    self.owners.pop_front();
-                    if let Some(err) = self.proxy_error.take() {
-                        if critical {
-                            return Err(ClientError::ContextFailed(err.message));
-                        }
-                        debug!(code = %err.code, "re-applying context failed in an aborted transaction");
-                    }
-                }
-                buf.advance(len);
+            if let Some(bytes) = self.pipeline.take_synthetic() {
+                write_client(&mut self.client, &buf[sent..pos]).await?;
+                write_client(&mut self.client, &bytes).await?;
+                sent = pos;
                 continue;
             }
-            let step = self.down.step(buf, pos, wanted_down).map_err(proto)?;
-            match step {
-                Step::Pass { end, .. } => pos = end,
+            let want: fn(u8) -> bool = if self.pipeline.front_is_proxy() { all } else { wanted_down };
+            let (tag, start, end) = match self.down.step(buf, pos, want).map_err(proto)? {
+                Step::Pass { end, .. } => {
+                    pos = end;
+                    continue;
+                }
                 Step::NeedMore { start } => {
                     pos = start;
                     break;
                 }
-                Step::Message { tag, start, end } => {
-                    let msg = &buf[start..end];
+                Step::Message { tag, start, end } => (tag, start, end),
+            };
+            pos = end;
+            let msg = &buf[start..end];
+            let disposition = self.pipeline.on_message(tag);
+            for name in self.pipeline.take_failed_parses() {
+                statements.remove(&name);
+            }
+            match disposition {
+                Disposition::Swallow => {
+                    if tag == be::READY_FOR_QUERY {
+                        if let Some(err) = self.proxy_error.take() {
+                            debug!(code = %err.code, "re-applying context failed in an aborted transaction");
+                        }
+                    }
+                }
+                Disposition::ProxyError { critical } => {
+                    let fields = protocol::parse_error_fields(msg);
+                    if critical {
+                        return Err(ClientError::ContextFailed(fields.message));
+                    }
+                    self.proxy_error = Some(fields);
+                }
+                Disposition::Forward => {
                     match tag {
                         be::READY_FOR_QUERY => {
-                            self.owners.pop_front();
                             self.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN]).unwrap_or(TxStatus::Failed);
                         }
                         be::PARAMETER_STATUS => {
@@ -458,28 +566,25 @@ impl Session<'_> {
                                 params.push((n.to_owned(), v.to_owned()));
                             }
                         }
-                        _ => {
-                            let fields = protocol::parse_error_fields(msg);
-                            if fields.message.contains(&self.marker) {
-                                let refusal = self.refusals.pop_front().unwrap_or_default();
-                                write_client(&mut self.client, &buf[..start]).await?;
-                                let mut err = BytesMut::new();
-                                protocol::put_error(&mut err, Severity::Error, "42501", &refusal);
-                                write_client(&mut self.client, &err).await?;
-                                buf.advance(end);
-                                pos = 0;
-                                continue;
-                            }
+                        be::ERROR_RESPONSE if is_marker_error(&self.refusals, &self.marker, msg) => {
+                            let refusal = self.refusals.pop_front().unwrap_or_default();
+                            write_client(&mut self.client, &buf[sent..start]).await?;
+                            let mut err = BytesMut::new();
+                            protocol::put_error(&mut err, Severity::Error, "42501", &refusal);
+                            write_client(&mut self.client, &err).await?;
+                            sent = end;
                         }
+                        _ => {}
                     }
-                    pos = end;
+                    continue;
                 }
             }
+            // Consumed: send what came before it, drop the message itself.
+            write_client(&mut self.client, &buf[sent..start]).await?;
+            sent = end;
         }
-        if pos > 0 {
-            write_client(&mut self.client, &buf[..pos]).await?;
-            buf.advance(pos);
-        }
+        write_client(&mut self.client, &buf[sent..pos]).await?;
+        buf.advance(pos);
         for (n, v) in params {
             server.note_parameter(&n, &v);
         }
@@ -487,6 +592,7 @@ impl Session<'_> {
         self.maybe_release();
         Ok(())
     }
+
 
     /// Ends the session: returns or discards the server, tells the client why if needed.
     async fn finish(&mut self, end: Result<End, ClientError>) -> Result<(), ClientError> {
@@ -575,9 +681,38 @@ fn wanted_up(tag: u8) -> bool {
     )
 }
 
+/// Server messages the proxy reads whole: replies that end an expected reply (see
+/// [`crate::pipeline`]) and the few it acts on. DataRow and COPY data stream through.
 fn wanted_down(tag: u8) -> bool {
-    tag == be::READY_FOR_QUERY || tag == be::PARAMETER_STATUS || tag == be::ERROR_RESPONSE
+    matches!(
+        tag,
+        be::READY_FOR_QUERY
+            | be::PARAMETER_STATUS
+            | be::ERROR_RESPONSE
+            | be::NOTICE_RESPONSE
+            | b'1'
+            | b'2'
+            | b'3'
+            | b'C'
+            | b'I'
+            | b's'
+            | b'T'
+            | b'n'
+            | b'A'
+    )
 }
+
+fn is_marker_error(refusals: &VecDeque<String>, marker: &str, msg: &[u8]) -> bool {
+    !refusals.is_empty() && protocol::parse_error_fields(msg).message.contains(marker)
+}
+
+fn all(_: u8) -> bool {
+    true
+}
+
+/// ParseComplete and CloseComplete, for replies the proxy gives itself.
+const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
+const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
 
 async fn write_client(client: &mut MaybeTls, bytes: &[u8]) -> Result<(), ClientError> {
     client.write_all(bytes).await?;

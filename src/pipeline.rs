@@ -1,0 +1,268 @@
+//! Which reply from the server belongs to whom: one entry per message sent that the
+//! server answers, in order. Lets the proxy consume replies to its own injected
+//! messages, synthesize replies to messages it did not send (a Parse the server already
+//! has), and know when nothing is in flight. No I/O.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+
+use crate::protocol::backend as be;
+
+/// What kind of reply a forwarded client message gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Query, Sync, FunctionCall: everything up to and including ReadyForQuery.
+    UntilReady,
+    Parse,
+    Bind,
+    Close,
+    Describe,
+    Execute,
+}
+
+impl Reply {
+    fn is_terminal(self, tag: u8) -> bool {
+        match self {
+            Reply::UntilReady => tag == be::READY_FOR_QUERY,
+            Reply::Parse => tag == b'1',
+            Reply::Bind => tag == b'2',
+            Reply::Close => tag == b'3',
+            Reply::Describe => tag == b'T' || tag == b'n',
+            Reply::Execute => tag == b'C' || tag == b'I' || tag == b's',
+        }
+    }
+
+    fn ends_at_ready(self) -> bool {
+        self == Reply::UntilReady
+    }
+}
+
+/// One expected reply.
+#[derive(Debug)]
+enum Expect {
+    /// A client message: replies are forwarded. Parse entries carry the server-side
+    /// statement name so a failed Parse can be forgotten.
+    Client(Reply, Option<String>),
+    /// A proxy message answered up to ReadyForQuery: replies are consumed.
+    Proxy { critical: bool },
+    /// A proxy message answered by one message (ParseComplete/CloseComplete): consumed.
+    SwallowOne(Reply, Option<String>),
+    /// A reply the proxy produces itself, in order (the server never sees the message).
+    Synthetic(BytesMut),
+}
+
+/// What to do with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Forward,
+    Swallow,
+    /// An ErrorResponse answering a proxy statement.
+    ProxyError { critical: bool },
+}
+
+/// The queue of expected replies.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    q: VecDeque<Expect>,
+    /// Server statement names whose Parse failed or was skipped after an error.
+    failed_parses: Vec<String>,
+}
+
+impl Pipeline {
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub fn client(&mut self, reply: Reply) {
+        self.q.push_back(Expect::Client(reply, None));
+    }
+
+    /// A client Parse sent under server name `name`.
+    pub fn client_parse(&mut self, name: String) {
+        self.q.push_back(Expect::Client(Reply::Parse, Some(name)));
+    }
+
+    pub fn proxy(&mut self, critical: bool) {
+        self.q.push_back(Expect::Proxy { critical });
+    }
+
+    /// A proxy Close whose CloseComplete is consumed.
+    pub fn swallow_close(&mut self) {
+        self.q.push_back(Expect::SwallowOne(Reply::Close, None));
+    }
+
+    /// A proxy Parse (of statement `name`) whose ParseComplete is consumed.
+    pub fn swallow_parse(&mut self, name: String) {
+        self.q.push_back(Expect::SwallowOne(Reply::Parse, Some(name)));
+    }
+
+    /// Statement names that the server did not prepare after all.
+    pub fn take_failed_parses(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.failed_parses)
+    }
+
+    pub fn synthetic(&mut self, bytes: BytesMut) {
+        self.q.push_back(Expect::Synthetic(bytes));
+    }
+
+    /// True when the next server message belongs to the proxy (and must be read whole).
+    pub fn front_is_proxy(&self) -> bool {
+        matches!(self.q.front(), Some(Expect::Proxy { .. } | Expect::SwallowOne(..)))
+    }
+
+    /// Synthetic replies that are due now (nothing the server owes comes before them).
+    pub fn take_synthetic(&mut self) -> Option<BytesMut> {
+        if let Some(Expect::Synthetic(_)) = self.q.front() {
+            if let Some(Expect::Synthetic(b)) = self.q.pop_front() {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    /// Accounts for one server message with `tag` and says what to do with it.
+    pub fn on_message(&mut self, tag: u8) -> Disposition {
+        let Some(front) = self.q.front() else {
+            // Unsolicited (NoticeResponse, ParameterStatus, NotificationResponse).
+            return Disposition::Forward;
+        };
+        let disposition = match front {
+            Expect::Client(..) | Expect::Synthetic(_) => Disposition::Forward,
+            Expect::Proxy { critical } if tag == be::ERROR_RESPONSE => {
+                Disposition::ProxyError { critical: *critical }
+            }
+            Expect::Proxy { .. } => Disposition::Swallow,
+            // A failing injected Parse/Close: the client must see why its statement failed.
+            Expect::SwallowOne(..) if tag == be::ERROR_RESPONSE => Disposition::Forward,
+            Expect::SwallowOne(..) => Disposition::Swallow,
+        };
+        if is_async(tag) {
+            return disposition;
+        }
+        if tag == be::ERROR_RESPONSE {
+            self.on_error();
+        } else {
+            self.on_reply(tag);
+        }
+        disposition
+    }
+
+    fn on_reply(&mut self, tag: u8) {
+        let done = match self.q.front() {
+            Some(Expect::Client(r, _) | Expect::SwallowOne(r, _)) => r.is_terminal(tag),
+            Some(Expect::Proxy { .. }) => tag == be::READY_FOR_QUERY,
+            _ => false,
+        };
+        if done {
+            self.q.pop_front();
+        }
+    }
+
+    /// An ErrorResponse: within a simple Query (or proxy statement) it does not end the
+    /// entry; in extended protocol the server now skips everything up to the next Sync,
+    /// so the entries of skipped messages (including synthetic replies) are dropped.
+    fn on_error(&mut self) {
+        match self.q.front() {
+            Some(Expect::Client(r, _)) if r.ends_at_ready() => {}
+            Some(Expect::Proxy { .. }) => {}
+            _ => {
+                while let Some(e) = self.q.front() {
+                    if matches!(e, Expect::Client(Reply::UntilReady, _) | Expect::Proxy { .. }) {
+                        break;
+                    }
+                    if let Some(Expect::Client(_, Some(name)) | Expect::SwallowOne(_, Some(name))) =
+                        self.q.pop_front()
+                    {
+                        self.failed_parses.push(name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Messages the server may send at any time, not as a reply.
+fn is_async(tag: u8) -> bool {
+    tag == be::NOTICE_RESPONSE || tag == be::PARAMETER_STATUS || tag == b'A'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_sequence_and_release_point() {
+        let mut p = Pipeline::default();
+        p.client(Reply::Parse);
+        p.client(Reply::Bind);
+        p.client(Reply::Execute);
+        p.client(Reply::UntilReady);
+        for tag in [b'1', b'2', b'D', b'D', b'C'] {
+            assert_eq!(p.on_message(tag), Disposition::Forward);
+            assert!(!p.is_empty());
+        }
+        assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn proxy_statement_replies_are_swallowed_and_errors_reported() {
+        let mut p = Pipeline::default();
+        p.proxy(true);
+        p.client(Reply::UntilReady);
+        for tag in [b'1', b'2', b'D', b'C'] {
+            assert_eq!(p.on_message(tag), Disposition::Swallow);
+        }
+        assert_eq!(p.on_message(b'E'), Disposition::ProxyError { critical: true });
+        assert_eq!(p.on_message(b'Z'), Disposition::Swallow);
+        assert_eq!(p.on_message(b'T'), Disposition::Forward);
+        assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn synthetic_parse_complete_is_dropped_after_an_earlier_error() {
+        let mut p = Pipeline::default();
+        p.client(Reply::Bind);
+        p.synthetic(BytesMut::from(&b"1\0\0\0\x04"[..]));
+        p.client(Reply::Execute);
+        p.client(Reply::UntilReady);
+        assert!(p.take_synthetic().is_none());
+        assert_eq!(p.on_message(b'E'), Disposition::Forward);
+        assert!(p.take_synthetic().is_none(), "skipped with the rest of the pipeline");
+        assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn synthetic_reply_is_due_after_previous_replies() {
+        let mut p = Pipeline::default();
+        p.client(Reply::Parse);
+        p.synthetic(BytesMut::from(&b"1\0\0\0\x04"[..]));
+        p.client(Reply::UntilReady);
+        assert!(p.take_synthetic().is_none());
+        p.on_message(b'1');
+        assert!(p.take_synthetic().is_some());
+        p.on_message(b'Z');
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn injected_parse_is_swallowed_but_its_error_forwarded() {
+        let mut p = Pipeline::default();
+        p.swallow_parse("s".into());
+        p.client(Reply::Bind);
+        p.client(Reply::UntilReady);
+        assert_eq!(p.on_message(b'1'), Disposition::Swallow);
+        assert_eq!(p.on_message(b'2'), Disposition::Forward);
+        let mut p = Pipeline::default();
+        p.swallow_parse("s".into());
+        p.client(Reply::Bind);
+        p.client(Reply::UntilReady);
+        assert_eq!(p.on_message(b'E'), Disposition::Forward);
+        assert_eq!(p.take_failed_parses(), vec!["s".to_owned()]);
+        assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty());
+    }
+}

@@ -1,0 +1,177 @@
+//! Named prepared statements under transaction pooling: the client's names map to
+//! server-side names derived from the statement text and parameter types, so any server
+//! can hold them; each server keeps an LRU-bounded set of what it has prepared.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use lru::LruCache;
+
+use crate::protocol::{self, frontend as fe};
+
+/// Prepared statements kept per server before the least recently used is closed.
+pub const SERVER_CACHE_SIZE: usize = 512;
+
+/// One statement as the server knows it.
+#[derive(Debug)]
+pub struct Statement {
+    pub server_name: String,
+    /// The Parse message under the server name.
+    pub parse: BytesMut,
+}
+
+/// The client's named statements.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    map: HashMap<String, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    /// Records a Parse; returns the statement when it is named.
+    pub fn on_parse(&mut self, msg: &[u8]) -> Option<Arc<Statement>> {
+        let body = protocol::body(msg);
+        let mut pos = 0;
+        let name = protocol::read_cstr(body, &mut pos)?;
+        if name.is_empty() {
+            return None;
+        }
+        let rest = &body[pos..];
+        let server_name = server_name(rest);
+        let mut parse = BytesMut::with_capacity(msg.len() + 24);
+        parse.put_u8(fe::PARSE);
+        parse.put_i32((4 + server_name.len() + 1 + rest.len()) as i32);
+        parse.put_slice(server_name.as_bytes());
+        parse.put_u8(0);
+        parse.put_slice(rest);
+        let stmt = Arc::new(Statement { server_name, parse });
+        self.map.insert(name.to_owned(), stmt.clone());
+        Some(stmt)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.map.get(name)
+    }
+
+    pub fn close(&mut self, name: &str) {
+        self.map.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+/// Server-side statement name: stable for the same text and parameter types.
+fn server_name(query_and_types: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    query_and_types.hash(&mut h);
+    format!("rlsgate_{:016x}", h.finish())
+}
+
+/// What one server has prepared (server names), least recently used first out.
+#[derive(Debug)]
+pub struct ServerStatements {
+    lru: LruCache<String, ()>,
+}
+
+impl Default for ServerStatements {
+    fn default() -> Self {
+        Self { lru: LruCache::new(NonZeroUsize::new(SERVER_CACHE_SIZE).expect("non-zero")) }
+    }
+}
+
+impl ServerStatements {
+    /// True if prepared here (and marks it recently used).
+    pub fn has(&mut self, name: &str) -> bool {
+        self.lru.get(name).is_some()
+    }
+
+    /// Records a statement; returns the one evicted to make room, to be closed.
+    pub fn add(&mut self, name: &str) -> Option<String> {
+        self.lru.push(name.to_owned(), ()).and_then(|(k, _)| (k != name).then_some(k))
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.lru.pop(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.lru.clear();
+    }
+}
+
+/// The statement a Bind refers to, and the Bind rewritten to `server_name`.
+pub fn bind_statement(msg: &[u8]) -> Option<(&str, &str)> {
+    let body = protocol::body(msg);
+    let mut pos = 0;
+    let portal = protocol::read_cstr(body, &mut pos)?;
+    let stmt = protocol::read_cstr(body, &mut pos)?;
+    Some((portal, stmt))
+}
+
+/// Rebuilds a Bind for `server_name`.
+pub fn rewrite_bind(msg: &[u8], server_name: &str, out: &mut BytesMut) {
+    let body = protocol::body(msg);
+    let mut pos = 0;
+    let portal = protocol::read_cstr(body, &mut pos).unwrap_or("");
+    let _ = protocol::read_cstr(body, &mut pos);
+    let rest = &body[pos..];
+    out.put_u8(fe::BIND);
+    out.put_i32((4 + portal.len() + 1 + server_name.len() + 1 + rest.len()) as i32);
+    out.put_slice(portal.as_bytes());
+    out.put_u8(0);
+    out.put_slice(server_name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// Describe/Close target: (`b'S'` or `b'P'`, name).
+pub fn target(msg: &[u8]) -> Option<(u8, &str)> {
+    let body = protocol::body(msg);
+    let kind = *body.first()?;
+    let mut pos = 1;
+    let name = protocol::read_cstr(body, &mut pos)?;
+    Some((kind, name))
+}
+
+/// Appends a Describe or Close (`tag`) of statement `name`.
+pub fn put_statement_message(out: &mut BytesMut, tag: u8, name: &str) {
+    out.put_u8(tag);
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_server_name_and_rewrites() {
+        let mut a = BytesMut::new();
+        protocol::put_parse(&mut a, "s1", "SELECT $1");
+        let mut b = BytesMut::new();
+        protocol::put_parse(&mut b, "other", "SELECT $1");
+        let mut cs = ClientStatements::default();
+        let sa = cs.on_parse(&a).unwrap();
+        let sb = cs.on_parse(&b).unwrap();
+        assert_eq!(sa.server_name, sb.server_name);
+        assert_eq!(crate::inspect::sql_of(fe::PARSE, &sa.parse), Some("SELECT $1"));
+        let mut unnamed = BytesMut::new();
+        protocol::put_parse(&mut unnamed, "", "SELECT 1");
+        assert!(cs.on_parse(&unnamed).is_none());
+    }
+
+    #[test]
+    fn server_lru_evicts_oldest() {
+        let mut s = ServerStatements { lru: LruCache::new(NonZeroUsize::new(2).unwrap()) };
+        assert_eq!(s.add("a"), None);
+        assert_eq!(s.add("b"), None);
+        assert!(s.has("a"));
+        assert_eq!(s.add("c"), Some("b".into()));
+    }
+}
