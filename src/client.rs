@@ -25,7 +25,7 @@ use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::handshake::Authenticated;
-use crate::inspect::Verdict;
+use crate::inspect::{Effect, Verdict};
 use crate::metrics::Metrics;
 use crate::pipeline::{Disposition, Pipeline, Reply};
 use crate::pool::Manager;
@@ -78,10 +78,9 @@ struct Session<'s> {
     /// Transaction status of the client as last reported.
     tx: TxStatus,
     ctx: SessionContext,
-    startup: Vec<(String, String)>,
     key: (i32, i32),
     /// Refusal messages to substitute, in order, for the server's marker errors.
-    refusals: VecDeque<String>,
+    refusals: VecDeque<(&'static str, String)>,
     marker: String,
     /// Re-apply the context after the client's next sync point.
     reapply_after_sync: bool,
@@ -149,7 +148,6 @@ pub async fn run_session(
         extended_open: false,
         tx: TxStatus::Idle,
         ctx,
-        startup: client.startup,
         key: (pid, secret),
         refusals: VecDeque::new(),
         marker: format!("rlsgate_refused_{:08x}", rand::random::<u32>()),
@@ -170,6 +168,7 @@ async fn bind_with_context(
     let mut last = None;
     for _ in 0..3 {
         let mut obj = state.pool.checkout().await?;
+        Metrics::inc(&state.metrics.context_round_trips);
         match obj.exchange(&buf, 1).await {
             Ok(()) => {
                 Metrics::inc(&state.metrics.context_applied);
@@ -438,16 +437,27 @@ impl Session<'_> {
         Ok(Some(out))
     }
 
-    /// Runs the guard on a Query/Parse; returns the replacement for a refused one.
+    /// Runs the guard on a Query/Parse, records session effects (transaction mode,
+    /// outside a transaction); returns the replacement for a refused message.
     fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Option<BytesMut> {
-        match crate::inspect::inspect_message(self.state, tag, &self.cbuf[start..end]) {
-            Verdict::Allow => None,
-            Verdict::AllowReapply => {
-                self.reapply_after_sync = true;
-                None
+        let (verdict, analysis) = self.state.inspector.inspect_message(tag, &self.cbuf[start..end]);
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::AllowReapply => self.reapply_after_sync = true,
+            Verdict::Refuse { code, message } => {
+                return Some(self.refusal_message(tag, start, end, code, message))
             }
-            Verdict::Refuse(message) => Some(self.refusal_message(tag, start, end, message)),
         }
+        if self.mode == PoolMode::Transaction && self.tx == TxStatus::Idle {
+            for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
+                match effect {
+                    Effect::Set { name, sql } => self.ctx.remember_set(name, sql),
+                    Effect::Reset(name) => self.ctx.forget(name),
+                    Effect::ResetAll => self.ctx.forget_all(),
+                }
+            }
+        }
+        None
     }
 
     /// Moves `cbuf[..n]` to the server queue (one copy into a reused buffer).
@@ -471,6 +481,9 @@ impl Session<'_> {
                 if self.ctx.encode_client(&mut self.to_server) {
                     self.pipeline.proxy(false);
                 }
+                for _ in 0..self.ctx.encode_replay(&mut self.to_server) {
+                    self.pipeline.proxy(false);
+                }
             }
             self.ctx.encode_tenant(&mut self.to_server);
             self.pipeline.proxy(true);
@@ -490,7 +503,9 @@ impl Session<'_> {
         if self.mode != PoolMode::Transaction || !self.at_boundary() || self.tx != TxStatus::Idle {
             return;
         }
-        if let Some(obj) = self.server.take() {
+        if let Some(mut obj) = self.server.take() {
+            // The server now holds the client's context including any SET it just ran.
+            obj.context = Some(self.ctx.fingerprint());
             self.state.cancel.retarget(self.key.0, self.key.1, None);
             self.state.pool.release(obj);
         }
@@ -567,10 +582,10 @@ impl Session<'_> {
                             }
                         }
                         be::ERROR_RESPONSE if is_marker_error(&self.refusals, &self.marker, msg) => {
-                            let refusal = self.refusals.pop_front().unwrap_or_default();
+                            let (code, refusal) = self.refusals.pop_front().unwrap_or(("42501", String::new()));
                             write_client(&mut self.client, &buf[sent..start]).await?;
                             let mut err = BytesMut::new();
-                            protocol::put_error(&mut err, Severity::Error, "42501", &refusal);
+                            protocol::put_error(&mut err, Severity::Error, code, &refusal);
                             write_client(&mut self.client, &err).await?;
                             sent = end;
                         }
@@ -641,9 +656,17 @@ impl Session<'_> {
     /// A Query/Parse that makes the server fail with a marker error at the same point
     /// of the pipeline; the marker error is replaced by the refusal on the way back, so
     /// ordering, transaction status and pipeline error handling stay PostgreSQL's own.
-    fn refusal_message(&mut self, tag: u8, start: usize, end: usize, message: String) -> BytesMut {
+    fn refusal_message(
+        &mut self,
+        tag: u8,
+        start: usize,
+        end: usize,
+        code: &'static str,
+        message: String,
+    ) -> BytesMut {
         Metrics::inc(&self.state.metrics.guard_refusals);
-        self.refusals.push_back(message);
+        tracing::info!(sqlstate = code, reason = %message, "statement refused");
+        self.refusals.push_back((code, message));
         let sql = format!("SELECT {}.refused", self.marker);
         let mut out = BytesMut::new();
         if tag == fe::QUERY {
@@ -702,7 +725,7 @@ fn wanted_down(tag: u8) -> bool {
     )
 }
 
-fn is_marker_error(refusals: &VecDeque<String>, marker: &str, msg: &[u8]) -> bool {
+fn is_marker_error(refusals: &VecDeque<(&'static str, String)>, marker: &str, msg: &[u8]) -> bool {
     !refusals.is_empty() && protocol::parse_error_fields(msg).message.contains(marker)
 }
 

@@ -112,6 +112,36 @@ pub struct Config {
     /// Which settings carry the tenant context.
     #[serde(default)]
     pub tenant: TenantConfig,
+    /// The statement guard.
+    #[serde(default)]
+    pub guard: GuardSection,
+}
+
+/// `[guard]`: the statement guard (parser-based refusal of tenant tampering).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSection {
+    /// Inspect every Query and Parse (default true). Turning it off leaves only RLS and
+    /// the sealed context to enforce the tenant.
+    pub enabled: bool,
+    /// Refuse every `DO` block instead of inspecting its PL/pgSQL body.
+    pub refuse_do_blocks: bool,
+    /// Relations no client may read (default: pg_stat_activity, pg_stat_statements,
+    /// pg_stat_statements_info: they show other sessions' query text).
+    pub deny_relations: Vec<String>,
+    /// Allow `SET ROLE` / `SET SESSION AUTHORIZATION`.
+    pub allow_set_role: bool,
+}
+
+impl Default for GuardSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            refuse_do_blocks: false,
+            deny_relations: crate::guard::default_deny_relations(),
+            allow_set_role: false,
+        }
+    }
 }
 
 /// `[listen]`: where clients connect.

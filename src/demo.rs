@@ -127,6 +127,7 @@ pub fn demo_config(
             setting: "app.current_tenant".into(),
             claims: BTreeMap::from([("app.user_id".to_owned(), "sub".to_owned())]),
         },
+        guard: Default::default(),
     })
 }
 

@@ -1,8 +1,23 @@
 //! What the proxy must know about a client's SQL before forwarding it: the tenant
-//! guard's verdict (and, in transaction mode, session effects).
+//! guard's verdict, the session effects (`SET`, `RESET`, `RESET ALL`, `DISCARD ALL`)
+//! and, for transaction pooling, features that cannot work across transactions.
+//! Results are cached by statement text, so a repeated statement costs one hash lookup.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pg_query::protobuf::{self, OnCommitAction, VariableSetKind};
+use pg_query::NodeRef;
+
+use crate::config::PoolMode;
+use crate::guard::{self, Guard};
 use crate::protocol::{self, frontend as fe};
-use crate::server::State;
+
+/// Cached analyses kept before the cache is emptied (a crude but bounded policy).
+const CACHE_LIMIT: usize = 20_000;
+
+/// Statements longer than this are analysed but not cached.
+const CACHE_MAX_SQL: usize = 64 * 1024;
 
 /// Decision for one Query or Parse message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,17 +25,87 @@ pub enum Verdict {
     Allow,
     /// Allowed, but the tenant context must be re-applied right after it.
     AllowReapply,
-    /// Refused; the message the client gets.
-    Refuse(String),
+    /// Refused with this SQLSTATE and message.
+    Refuse { code: &'static str, message: String },
 }
 
-/// Inspects a whole Query or Parse message.
-pub fn inspect_message(state: &State, tag: u8, msg: &[u8]) -> Verdict {
-    let Some(sql) = sql_of(tag, msg) else {
-        return Verdict::Allow;
-    };
-    let _ = (state, sql);
-    Verdict::Allow
+/// A session-level change the statement makes (outside `SET LOCAL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `SET name ...`: the statement text, to replay on another server.
+    Set { name: String, sql: String },
+    Reset(String),
+    ResetAll,
+}
+
+/// Everything known about one SQL text.
+#[derive(Debug)]
+pub struct Analysis {
+    pub guard: guard::Verdict,
+    pub effects: Vec<Effect>,
+    /// A feature that needs one server for the whole session.
+    pub session_only: Option<&'static str>,
+}
+
+/// The guard plus the analysis cache.
+pub struct Inspector {
+    guard: Option<Guard>,
+    mode: PoolMode,
+    cache: Mutex<HashMap<Box<str>, Arc<Analysis>>>,
+}
+
+impl Inspector {
+    /// `guard` is `None` when `[guard] enabled = false`.
+    pub fn new(guard: Option<Guard>, mode: PoolMode) -> Inspector {
+        Inspector { guard, mode, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn guard(&self) -> Option<&Guard> {
+        self.guard.as_ref()
+    }
+
+    /// Analyses `sql` (cached).
+    pub fn analyse(&self, sql: &str) -> Arc<Analysis> {
+        if let Some(a) = self.cache.lock().expect("inspect cache poisoned").get(sql) {
+            return a.clone();
+        }
+        let analysis = Arc::new(Analysis {
+            guard: self.guard.as_ref().map_or(guard::Verdict::Allow, |g| g.check(sql)),
+            effects: effects(sql),
+            session_only: if self.mode == PoolMode::Transaction { session_only(sql) } else { None },
+        });
+        if sql.len() <= CACHE_MAX_SQL {
+            let mut cache = self.cache.lock().expect("inspect cache poisoned");
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(sql.into(), analysis.clone());
+        }
+        analysis
+    }
+
+    /// The verdict for one Query or Parse message, plus its analysis.
+    pub fn inspect_message(&self, tag: u8, msg: &[u8]) -> (Verdict, Option<Arc<Analysis>>) {
+        let Some(sql) = sql_of(tag, msg) else {
+            return (Verdict::Allow, None);
+        };
+        let a = self.analyse(sql);
+        let verdict = match &a.guard {
+            guard::Verdict::Refuse(r) => Verdict::Refuse { code: "42501", message: r.message.clone() },
+            _ if a.session_only.is_some() => Verdict::Refuse {
+                code: "0A000",
+                message: format!(
+                    "{} is not supported in transaction pooling mode (the next transaction may run on \
+                     another server connection); use pool mode \"session\" for this client",
+                    a.session_only.unwrap_or_default()
+                ),
+            },
+            guard::Verdict::AllowReapply => Verdict::AllowReapply,
+            _ if a.effects.contains(&Effect::ResetAll) => Verdict::AllowReapply,
+            _ => Verdict::Allow,
+        };
+        (verdict, Some(a))
+    }
 }
 
 /// The SQL text of a Query or Parse message.
@@ -34,5 +119,142 @@ pub fn sql_of(tag: u8, msg: &[u8]) -> Option<&str> {
             protocol::read_cstr(body, &mut pos)
         }
         _ => None,
+    }
+}
+
+/// Top-level statements of `sql` with their source text.
+fn statements(sql: &str) -> Vec<(protobuf::node::Node, &str)> {
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for raw in parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.and_then(|n| n.node) else { continue };
+        let start = raw.stmt_location.max(0) as usize;
+        let end = if raw.stmt_len == 0 { sql.len() } else { start + raw.stmt_len as usize };
+        let text = sql.get(start..end.min(sql.len())).unwrap_or("").trim();
+        out.push((node, text));
+    }
+    out
+}
+
+/// Session-level effects of the statements in `sql`.
+pub fn effects(sql: &str) -> Vec<Effect> {
+    let mut out = Vec::new();
+    for (node, text) in statements(sql) {
+        match node {
+            protobuf::node::Node::VariableSetStmt(v) if !v.is_local => {
+                let name = v.name.to_ascii_lowercase();
+                match VariableSetKind::try_from(v.kind) {
+                    Ok(VariableSetKind::VarSetValue | VariableSetKind::VarSetCurrent) => {
+                        out.push(Effect::Set { name, sql: text.to_owned() })
+                    }
+                    Ok(VariableSetKind::VarSetDefault | VariableSetKind::VarReset) => {
+                        out.push(Effect::Reset(name))
+                    }
+                    Ok(VariableSetKind::VarResetAll) => out.push(Effect::ResetAll),
+                    _ => {}
+                }
+            }
+            protobuf::node::Node::DiscardStmt(d) if d.target == protobuf::DiscardMode::DiscardAll as i32 => {
+                out.push(Effect::ResetAll)
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Name of a feature in `sql` that cannot work when each transaction may run on a
+/// different server connection.
+pub fn session_only(sql: &str) -> Option<&'static str> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    for (node, _, _, _) in parsed.protobuf.nodes() {
+        let found = match node {
+            NodeRef::ListenStmt(_) => Some("LISTEN"),
+            NodeRef::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => Some("DECLARE ... WITH HOLD"),
+            NodeRef::PrepareStmt(_) | NodeRef::ExecuteStmt(_) => {
+                Some("SQL-level PREPARE/EXECUTE (use protocol-level prepared statements)")
+            }
+            NodeRef::CreateStmt(c) if is_temp(c.relation.as_ref()) && !drops_on_commit(c.oncommit) => {
+                Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
+            }
+            NodeRef::CreateTableAsStmt(c)
+                if c.into.as_ref().is_some_and(|i| is_temp(i.rel.as_ref()) && !drops_on_commit(i.on_commit)) =>
+            {
+                Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
+            }
+            NodeRef::FuncCall(f) if is_session_advisory_lock(f) => {
+                Some("a session-level advisory lock (use pg_advisory_xact_lock)")
+            }
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+fn is_temp(rel: Option<&protobuf::RangeVar>) -> bool {
+    rel.is_some_and(|r| r.relpersistence == "t")
+}
+
+fn drops_on_commit(action: i32) -> bool {
+    action == OnCommitAction::OncommitDrop as i32
+}
+
+fn is_session_advisory_lock(f: &protobuf::FuncCall) -> bool {
+    let Some(last) = f.funcname.last().and_then(|n| n.node.as_ref()) else { return false };
+    let protobuf::node::Node::String(s) = last else { return false };
+    matches!(
+        s.sval.to_ascii_lowercase().as_str(),
+        "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_reset_and_discard_effects() {
+        assert_eq!(
+            effects("SET search_path TO a, \"B\"; SET LOCAL work_mem = '1MB'; RESET TimeZone"),
+            vec![
+                Effect::Set { name: "search_path".into(), sql: "SET search_path TO a, \"B\"".into() },
+                Effect::Reset("timezone".into()),
+            ]
+        );
+        assert_eq!(effects("DISCARD ALL"), vec![Effect::ResetAll]);
+        assert_eq!(effects("reset all"), vec![Effect::ResetAll]);
+        assert_eq!(effects("SET TIME ZONE 'UTC'"), vec![Effect::Set { name: "timezone".into(), sql: "SET TIME ZONE 'UTC'".into() }]);
+        assert!(effects("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn session_only_features() {
+        for sql in [
+            "LISTEN jobs",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT pg_advisory_lock(1)",
+            "select pg_catalog.pg_try_advisory_lock(1, 2)",
+            "CREATE TEMP TABLE t (x int)",
+            "CREATE TEMPORARY TABLE t AS SELECT 1",
+            "PREPARE p AS SELECT 1",
+            "EXECUTE p",
+        ] {
+            assert!(session_only(sql).is_some(), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_advisory_xact_lock(1)",
+            "CREATE TEMP TABLE t (x int) ON COMMIT DROP",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "CREATE TABLE t (x int)",
+            "SELECT 1",
+            "NOTIFY jobs",
+        ] {
+            assert!(session_only(sql).is_none(), "{sql}");
+        }
     }
 }

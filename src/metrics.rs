@@ -19,6 +19,9 @@ pub struct Metrics {
     /// Transaction-mode binds where the server already held the client's context.
     pub context_reused: AtomicU64,
     pub guard_refusals: AtomicU64,
+    /// Times the proxy waited for its own statement before the client's could go
+    /// (only at client startup: applying startup parameters and context).
+    pub context_round_trips: AtomicU64,
     pub cancels_forwarded: AtomicU64,
     pub cancels_ignored: AtomicU64,
 }

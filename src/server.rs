@@ -20,7 +20,9 @@ use crate::backend::{self, Connector};
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ConfigError, TlsMode};
 use crate::error::ClientError;
+use crate::guard::{Guard, GuardConfig};
 use crate::handshake::{self, Accepted, HandshakeConfig, Incoming};
+use crate::inspect::Inspector;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::protocol::{self, Severity};
@@ -47,6 +49,7 @@ pub enum ServerError {
 pub struct State {
     pub config: Config,
     pub owned: OwnedSettings,
+    pub inspector: Inspector,
     pub pool: Pool,
     pub cancel: CancelRegistry,
     pub metrics: Arc<Metrics>,
@@ -83,8 +86,18 @@ impl State {
             config.pool.clone(),
             metrics.clone(),
         );
+        let owned = OwnedSettings::from_config(&config.tenant);
+        let guard = config.guard.enabled.then(|| {
+            Guard::new(GuardConfig {
+                owned: owned.names().to_vec(),
+                deny_relations: config.guard.deny_relations.clone(),
+                refuse_do_blocks: config.guard.refuse_do_blocks,
+                allow_set_role: config.guard.allow_set_role,
+            })
+        });
         Ok(State {
-            owned: OwnedSettings::from_config(&config.tenant),
+            inspector: Inspector::new(guard, config.pool.mode),
+            owned,
             pool,
             cancel: CancelRegistry::default(),
             metrics,

@@ -51,8 +51,10 @@ impl OwnedSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionContext {
     pub settings: Vec<(String, String)>,
-    /// Number of leading entries that are the tenant context (the rest are startup params).
+    /// Number of trailing entries that are the tenant context (the rest are startup params).
     pub tenant_len: usize,
+    /// Remembered client `SET` statements (name, text), transaction pooling.
+    pub replay: Vec<(String, String)>,
 }
 
 impl SessionContext {
@@ -85,10 +87,7 @@ impl SessionContext {
         }
         // Client settings first, tenant context last: rotate the tenant block to the end.
         settings.rotate_left(tenant_len);
-        Ok(SessionContext {
-            settings,
-            tenant_len,
-        })
+        Ok(SessionContext { settings, tenant_len, replay: Vec::new() })
     }
 
     /// The tenant-owned settings alone.
@@ -126,27 +125,33 @@ impl SessionContext {
 
     /// Identity of the whole context (what a server must hold for this client).
     pub fn fingerprint(&self) -> ContextFingerprint {
-        ContextFingerprint { all: hash(&self.settings), client: hash(self.client_settings()) }
+        let client = hash(&(self.client_settings(), &self.replay));
+        ContextFingerprint { all: hash(&(&self.settings, client)), client }
     }
 
-    /// Records a session-level setting the client changed, by the value the server
-    /// holds afterwards (so it can be re-applied on another server).
-    pub fn remember(&mut self, name: &str, value: &str) {
-        let client_len = self.settings.len() - self.tenant_len;
-        match self.settings[..client_len].iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            Some(entry) => value.clone_into(&mut entry.1),
-            None => self.settings.insert(client_len, (name.to_owned(), value.to_owned())),
-        }
+    /// Remembers a session-level `SET` the client ran outside a transaction (its text,
+    /// replayed on the next server that does not hold it; transaction pooling).
+    pub fn remember_set(&mut self, name: &str, sql: &str) {
+        self.replay.retain(|(n, _)| n != name);
+        self.replay.push((name.to_owned(), sql.to_owned()));
     }
 
-    /// Forgets a remembered client setting (`RESET name`).
+    /// `RESET name`: the remembered `SET` is dropped.
     pub fn forget(&mut self, name: &str) {
-        let client_len = self.settings.len() - self.tenant_len;
-        if let Some(i) =
-            self.settings[..client_len].iter().position(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            self.settings.remove(i);
+        self.replay.retain(|(n, _)| n != name);
+    }
+
+    /// `RESET ALL` / `DISCARD ALL`: every remembered `SET` is dropped.
+    pub fn forget_all(&mut self) {
+        self.replay.clear();
+    }
+
+    /// Appends one simple Query per remembered `SET`; returns how many.
+    pub fn encode_replay(&self, buf: &mut BytesMut) -> usize {
+        for (_, sql) in &self.replay {
+            protocol::put_query(buf, sql);
         }
+        self.replay.len()
     }
 }
 
@@ -157,10 +162,10 @@ pub struct ContextFingerprint {
     pub client: u64,
 }
 
-fn hash(settings: &[(String, String)]) -> u64 {
-    use std::hash::{Hash, Hasher};
+fn hash<T: std::hash::Hash>(value: &T) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    settings.hash(&mut h);
+    value.hash(&mut h);
     h.finish()
 }
 

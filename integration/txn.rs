@@ -1,0 +1,225 @@
+//! Transaction pooling: many clients on few servers, tenant context per transaction at
+//! no extra round trip, prepared statements, and no cross-tenant leaks under errors,
+//! cancels and clients dropping mid-transaction.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rlsgate::config::PoolMode;
+use rlsgate::metrics::Metrics;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::harness::{visible_customers, Env};
+
+async fn txn_env(size: usize) -> Env {
+    Env::with(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = size;
+    })
+    .await
+}
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_share_one_server_and_context_costs_nothing_when_it_matches() {
+    let env = txn_env(1).await;
+    let m = &env.proxy.state.metrics;
+    let acme = env.connect("acme").await;
+    let globex = env.connect("globex").await;
+    // Two clients, one server: each transaction sees exactly its tenant.
+    for _ in 0..5 {
+        assert_eq!(visible_customers(&acme).await.iter().filter(|(t, _)| t == "acme").count(), 3);
+        assert_eq!(visible_customers(&globex).await.iter().filter(|(t, _)| t == "globex").count(), 2);
+        assert_eq!(visible_customers(&acme).await.len(), 3);
+        assert_eq!(visible_customers(&globex).await.len(), 2);
+    }
+    assert_eq!(env.upstream_connects(), 1);
+
+    // Same client, consecutive transactions on a server that already holds its context:
+    // no proxy statement at all (context_reused), zero extra messages. (tokio-postgres
+    // sends deferred Close messages for dropped statements: let them settle first.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    acme.simple_query("SELECT 1").await.unwrap();
+    let applied = Metrics::get(&m.context_applied);
+    let reused = Metrics::get(&m.context_reused);
+    for _ in 0..10 {
+        let r = rows(&acme.simple_query("SELECT current_setting('app.current_tenant')").await.unwrap());
+        assert_eq!(r, vec![vec!["acme".to_owned()]]);
+    }
+    assert_eq!(Metrics::get(&m.context_applied), applied, "matching context: nothing sent");
+    assert!(Metrics::get(&m.context_reused) >= reused + 10);
+
+    // Alternating tenants: the context is applied on every switch, pipelined with the
+    // client's query; the proxy never waits for its own statement (no extra round trip):
+    // its round-trip counter only moves at client startup.
+    let trips = Metrics::get(&m.context_round_trips);
+    let applied = Metrics::get(&m.context_applied);
+    for i in 0..10 {
+        let (c, want) = if i % 2 == 0 { (&globex, "globex") } else { (&acme, "acme") };
+        let r = rows(&c.simple_query("SELECT DISTINCT tenant_id FROM customers").await.unwrap());
+        assert_eq!(r, vec![vec![want.to_owned()]]);
+    }
+    assert_eq!(Metrics::get(&m.context_applied), applied + 10);
+    assert_eq!(Metrics::get(&m.context_round_trips), trips, "no round trip for context switches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_move_between_servers() {
+    let env = txn_env(2).await;
+    let acme = env.connect("acme").await;
+    let globex = env.connect("globex").await;
+    // tokio-postgres prepares named statements (Parse/Describe/Sync), then runs them
+    // later (Bind/Execute/Sync), possibly on another server.
+    let s_acme = acme.prepare("SELECT tenant_id, name FROM customers WHERE id > $1 ORDER BY id").await.unwrap();
+    let s_globex = globex.prepare("SELECT tenant_id, name FROM customers WHERE id > $1 ORDER BY id").await.unwrap();
+    let hold = env.connect("acme").await;
+    let tx_hold = hold.simple_query("BEGIN").await.unwrap();
+    drop(tx_hold);
+    for i in 0..50i64 {
+        let (c, s, want, n) = if i % 2 == 0 { (&acme, &s_acme, "acme", 3) } else { (&globex, &s_globex, "globex", 2) };
+        let r = c.query(s, &[&0i64]).await.unwrap();
+        assert_eq!(r.len(), n, "iteration {i}");
+        assert!(r.iter().all(|row| row.get::<_, String>(0) == want));
+    }
+    hold.simple_query("COMMIT").await.unwrap();
+    // Statement errors inside a pipeline do not poison the cache.
+    let bad = acme.prepare("SELECT no_such_column FROM customers").await;
+    assert!(bad.is_err());
+    let again = acme.query("SELECT count(*) FROM customers", &[]).await.unwrap();
+    assert_eq!(again[0].get::<_, i64>(0), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_mid_transaction_rolls_back_before_reuse() {
+    let env = txn_env(1).await;
+    let a = env.connect("acme").await;
+    a.batch_execute("BEGIN; INSERT INTO customers(name) VALUES ('uncommitted'); SET LOCAL work_mem = '77MB'").await.unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = env.connect("globex").await;
+    let r = rows(&b.simple_query("SELECT current_setting('work_mem'), current_setting('app.current_tenant'), (SELECT count(*) FROM customers)").await.unwrap());
+    assert_eq!(r, vec![vec!["4MB".to_owned(), "globex".to_owned(), "2".to_owned()]]);
+    let admin = env.admin().await;
+    let n: i64 = admin.query_one("SELECT count(*) FROM customers WHERE name = 'uncommitted'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+}
+
+/// Pool of 2, 40 concurrent clients of 8 tenants, 500 random transactions each: reads,
+/// writes, failing transactions, cancels, clients dropping mid-transaction. Every row
+/// read belongs to the reader's tenant; final per-tenant counts match the commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_clients_eight_tenants_random_transactions() {
+    let env = txn_env(2).await;
+    env.pg
+        .psql(
+            "app",
+            "CREATE TABLE ledger (id bigserial PRIMARY KEY,
+                 tenant_id text NOT NULL DEFAULT current_setting('app.current_tenant'),
+                 client int NOT NULL, n int NOT NULL);
+             ALTER TABLE ledger ENABLE ROW LEVEL SECURITY; ALTER TABLE ledger FORCE ROW LEVEL SECURITY;
+             CREATE POLICY t ON ledger USING (tenant_id = current_setting('app.current_tenant', true))
+                 WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
+             GRANT SELECT, INSERT ON ledger TO app_rls; GRANT USAGE ON SEQUENCE ledger_id_seq TO app_rls;",
+        )
+        .unwrap();
+    let env = std::sync::Arc::new(env);
+    let leaks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client_no in 0..40 {
+        let (env, leaks) = (env.clone(), leaks.clone());
+        tasks.push(tokio::spawn(async move {
+            let tenant = format!("t{}", client_no % 8);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(client_no as u64);
+            let mut committed = 0i64;
+            let mut c = env.connect(&tenant).await;
+            for _ in 0..500 {
+                match rng.random_range(0..100) {
+                    0..=39 => {
+                        if let Ok(m) = c.simple_query("SELECT DISTINCT tenant_id FROM ledger").await {
+                            if rows(&m).iter().any(|row| row[0] != tenant) {
+                                leaks.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    40..=69 => {
+                        // A cancel aimed at an earlier statement can land here (PostgreSQL
+                        // delivers cancels asynchronously, directly as well): then nothing
+                        // commits.
+                        let sql = format!("BEGIN; INSERT INTO ledger(client, n) VALUES ({client_no}, 1), ({client_no}, 2); COMMIT");
+                        match c.batch_execute(&sql).await {
+                            Ok(()) => committed += 2,
+                            Err(e) => {
+                                assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+                                c.batch_execute("ROLLBACK").await.unwrap();
+                            }
+                        }
+                    }
+                    70..=79 => {
+                        // Fails inside the transaction: nothing commits.
+                        let sql = format!("BEGIN; INSERT INTO ledger(client, n) VALUES ({client_no}, 9); SELECT 1/0; COMMIT");
+                        assert!(c.batch_execute(&sql).await.is_err());
+                        c.batch_execute("ROLLBACK").await.unwrap();
+                    }
+                    80..=84 => {
+                        // Writing another tenant's row is refused by the policy.
+                        let sql = format!("INSERT INTO ledger(tenant_id, client, n) VALUES ('t{}', {client_no}, 5)", (client_no + 1) % 8);
+                        assert!(c.batch_execute(&sql).await.is_err());
+                    }
+                    85..=89 => {
+                        // A read-only query cancelled while it runs.
+                        let token = c.cancel_token();
+                        let canceller = tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                        });
+                        let _ = c.simple_query("SELECT pg_sleep(0.05), count(*) FROM ledger").await;
+                        let _ = canceller.await;
+                        let _ = c.simple_query("ROLLBACK").await;
+                    }
+                    90..=94 => {
+                        // Drop the connection mid-transaction with an uncommitted write.
+                        let _ = c.batch_execute(&format!("BEGIN; INSERT INTO ledger(client, n) VALUES ({client_no}, 7)")).await;
+                        drop(c);
+                        c = env.connect(&tenant).await;
+                    }
+                    _ => {
+                        if let Ok(m) = c.simple_query("SELECT current_setting('app.current_tenant')").await {
+                            if rows(&m)[0][0] != tenant {
+                                leaks.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            }
+            (tenant, committed)
+        }));
+    }
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for t in tasks {
+        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t).await.expect("bounded").unwrap();
+        *expected.entry(tenant).or_default() += n;
+    }
+    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows or context of another tenant were seen");
+    let admin = env.admin().await;
+    for (tenant, n) in expected {
+        let got: i64 = admin
+            .query_one("SELECT count(*) FROM ledger WHERE tenant_id = $1", &[&tenant])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, n, "tenant {tenant}");
+    }
+    let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
+    assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
+    assert!(env.proxy.state.metrics.clients_active.load(Ordering::Relaxed) >= 0);
+}
