@@ -6,8 +6,6 @@ mod harness;
 mod auth;
 mod cancel;
 mod copy;
-mod doctor;
-mod policy;
 mod pool;
 mod psql;
 mod restart;
