@@ -6,6 +6,7 @@ mod harness;
 mod auth;
 mod cancel;
 mod copy;
+mod guard;
 mod pool;
 mod psql;
 mod restart;

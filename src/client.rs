@@ -448,13 +448,20 @@ impl Session<'_> {
                 return Some(self.refusal_message(tag, start, end, code, message))
             }
         }
-        if self.mode == PoolMode::Transaction && self.tx == TxStatus::Idle {
-            for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
-                match effect {
-                    Effect::Set { name, sql } => self.ctx.remember_set(name, sql),
-                    Effect::Reset(name) => self.ctx.forget(name),
-                    Effect::ResetAll => self.ctx.forget_all(),
+        if self.mode != PoolMode::Transaction {
+            return None;
+        }
+        let idle = self.tx == TxStatus::Idle;
+        for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
+            match effect {
+                Effect::Set { name, sql } if idle => self.ctx.remember_set(name, sql),
+                Effect::Reset(name) if idle => self.ctx.forget(name),
+                Effect::ResetAll if idle => self.ctx.forget_all(),
+                Effect::DeallocateAll => {
+                    self.statements.clear();
+                    self.server_mut().statements.clear();
                 }
+                _ => {}
             }
         }
         None

@@ -36,6 +36,8 @@ pub enum Effect {
     Set { name: String, sql: String },
     Reset(String),
     ResetAll,
+    /// `DISCARD ALL` / `DEALLOCATE ALL`: the server drops every prepared statement.
+    DeallocateAll,
 }
 
 /// Everything known about one SQL text.
@@ -157,8 +159,10 @@ pub fn effects(sql: &str) -> Vec<Effect> {
                 }
             }
             protobuf::node::Node::DiscardStmt(d) if d.target == protobuf::DiscardMode::DiscardAll as i32 => {
-                out.push(Effect::ResetAll)
+                out.push(Effect::ResetAll);
+                out.push(Effect::DeallocateAll);
             }
+            protobuf::node::Node::DeallocateStmt(d) if d.isall => out.push(Effect::DeallocateAll),
             _ => {}
         }
     }
@@ -226,7 +230,8 @@ mod tests {
                 Effect::Reset("timezone".into()),
             ]
         );
-        assert_eq!(effects("DISCARD ALL"), vec![Effect::ResetAll]);
+        assert_eq!(effects("DISCARD ALL"), vec![Effect::ResetAll, Effect::DeallocateAll]);
+        assert_eq!(effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
         assert_eq!(effects("reset all"), vec![Effect::ResetAll]);
         assert_eq!(effects("SET TIME ZONE 'UTC'"), vec![Effect::Set { name: "timezone".into(), sql: "SET TIME ZONE 'UTC'".into() }]);
         assert!(effects("SELECT 1").is_empty());
