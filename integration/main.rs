@@ -10,6 +10,7 @@ mod guard;
 mod pool;
 mod psql;
 mod restart;
+mod security;
 mod session;
 mod tls;
 mod txn;

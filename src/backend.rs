@@ -294,6 +294,37 @@ impl ServerConn {
         }
     }
 
+    /// Runs one simple query and returns the text columns of its first row.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
+        let mut buf = BytesMut::new();
+        protocol::put_query(&mut buf, sql);
+        self.stream.write_all(&buf).await?;
+        let mut row = None;
+        let mut error = None;
+        loop {
+            let Some((tag, len)) = protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))? else {
+                self.fill().await?;
+                continue;
+            };
+            if self.rbuf.len() < len {
+                self.fill().await?;
+                continue;
+            }
+            let msg = self.rbuf.split_to(len);
+            match tag {
+                b'D' if row.is_none() => row = Some(parse_data_row(&msg)),
+                protocol::backend::ERROR_RESPONSE => error = Some(protocol::parse_error_fields(&msg)),
+                protocol::backend::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        match (error, row) {
+            (Some(e), _) => Err(BackendError::Server(e)),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Err(proto_msg("query returned no row")),
+        }
+    }
+
     /// Runs one simple query and waits for its ReadyForQuery.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), BackendError> {
         let mut buf = BytesMut::new();
@@ -372,6 +403,25 @@ async fn start_tls(
     tls.connect(name, tcp)
         .await
         .map_err(|e| BackendError::Tls(e.to_string()))
+}
+
+fn parse_data_row(msg: &[u8]) -> Vec<Option<String>> {
+    let body = protocol::body(msg);
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut pos = 2;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes([body[pos], body[pos + 1], body[pos + 2], body[pos + 3]]);
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = pos + len as usize;
+            out.push(Some(String::from_utf8_lossy(&body[pos..end]).into_owned()));
+            pos = end;
+        }
+    }
+    out
 }
 
 fn password(t: &UpstreamTarget) -> Result<&str, BackendError> {

@@ -37,6 +37,10 @@ enum Command {
     Serve {
         #[arg(long, short, env = "RLSGATE_CONFIG")]
         config: PathBuf,
+        /// Start even if the upstream role is superuser or has BYPASSRLS (RLS would then
+        /// filter nothing): for migrations and emergencies only.
+        #[arg(long)]
+        allow_unsafe_upstream: bool,
     },
     /// Validate a configuration file (and its environment overrides) and exit.
     CheckConfig {
@@ -96,7 +100,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, allow_unsafe_upstream } => serve(config, allow_unsafe_upstream),
         Command::CheckConfig { config } => check_config(config),
         Command::Token(args) => token(args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::demo::run(args))),
@@ -116,8 +120,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+fn serve(path: PathBuf, allow_unsafe_upstream: bool) -> anyhow::Result<()> {
+    let mut config = Config::load(&path)?;
+    config.upstream.allow_unsafe_role |= allow_unsafe_upstream;
     runtime()?.block_on(async move {
         let server = Server::bind(config).await?;
         let shutdown = tokio_util::sync::CancellationToken::new();

@@ -97,6 +97,7 @@ pub async fn run_session(
         &state.owned,
         &client.identity,
         &client.startup,
+        state.seal_key.as_deref(),
     ) {
         Ok(ctx) => ctx,
         Err(e) => return fatal(&mut client.stream, e.into()).await,

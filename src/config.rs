@@ -295,6 +295,10 @@ pub struct UpstreamConfig {
     /// Timeout for TCP connect + startup of one upstream connection.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Start even when the upstream role is a superuser or has BYPASSRLS (RLS then
+    /// filters nothing). Also `rlsgate serve --allow-unsafe-upstream`. Default false.
+    #[serde(default)]
+    pub allow_unsafe_role: bool,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -310,6 +314,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("sslmode", &self.sslmode)
             .field("root_cert_file", &self.root_cert_file)
             .field("connect_timeout", &self.connect_timeout)
+            .field("allow_unsafe_role", &self.allow_unsafe_role)
             .finish()
     }
 }
@@ -370,6 +375,16 @@ pub struct TenantConfig {
     pub setting: String,
     /// Extra settings: setting name → claim name / JSON pointer, or `"*"` for all claims as JSON.
     pub claims: BTreeMap<String, String>,
+    /// Sealed context: with the tenant, rlsgate sets `seal_setting` to
+    /// HMAC-SHA256(seal secret, tenant) in hex; `rlsgate.tenant()` (policies/sealed.sql)
+    /// returns the tenant only when the seal verifies.
+    pub sealed: bool,
+    /// Setting that carries the seal.
+    pub seal_setting: String,
+    /// Environment variable holding the seal secret (shared with the database).
+    pub seal_secret_env: Option<String>,
+    /// File holding the seal secret.
+    pub seal_secret_file: Option<PathBuf>,
 }
 
 impl Default for TenantConfig {
@@ -377,6 +392,42 @@ impl Default for TenantConfig {
         Self {
             setting: "app.current_tenant".into(),
             claims: BTreeMap::new(),
+            sealed: false,
+            seal_setting: "rlsgate.seal".into(),
+            seal_secret_env: None,
+            seal_secret_file: None,
         }
+    }
+}
+
+impl TenantConfig {
+    /// The seal secret when `sealed = true` (trailing newline of a file stripped).
+    pub fn seal_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if !self.sealed {
+            return Ok(None);
+        }
+        let secret = match (&self.seal_secret_env, &self.seal_secret_file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| ConfigError::Secret {
+                key: "tenant.seal_secret_env".into(),
+                reason: format!("environment variable {var} is not set"),
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Secret {
+                    key: "tenant.seal_secret_file".into(),
+                    reason: format!("{}: {e}", path.display()),
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "tenant.sealed",
+                    "needs exactly one of tenant.seal_secret_env / tenant.seal_secret_file",
+                ))
+            }
+        };
+        if secret.len() < 16 {
+            return Err(ConfigError::invalid("tenant.seal_secret_env", "seal secret must be at least 16 bytes"));
+        }
+        Ok(Some(secret.into_bytes()))
     }
 }

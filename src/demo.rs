@@ -118,6 +118,7 @@ pub fn demo_config(
             sslmode: SslMode::Disable,
             root_cert_file: None,
             connect_timeout: Duration::from_secs(5),
+            allow_unsafe_role: false,
         },
         pool: PoolConfig {
             size: 4,
@@ -126,6 +127,7 @@ pub fn demo_config(
         tenant: TenantConfig {
             setting: "app.current_tenant".into(),
             claims: BTreeMap::from([("app.user_id".to_owned(), "sub".to_owned())]),
+            ..TenantConfig::default()
         },
         guard: Default::default(),
     })

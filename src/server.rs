@@ -43,11 +43,19 @@ pub enum ServerError {
         what: String,
         source: std::io::Error,
     },
+    #[error(
+        "upstream role \"{role}\" is {why}: row-level security never applies to it, so \
+         rlsgate could not isolate tenants. Connect as an ordinary role (NOSUPERUSER \
+         NOBYPASSRLS), or start with --allow-unsafe-upstream if you really mean it"
+    )]
+    UnsafeUpstream { role: String, why: &'static str },
 }
 
 /// Everything a client task needs, shared read-only (plus atomics and the pool).
 pub struct State {
     pub config: Config,
+    /// Seal secret when `[tenant] sealed = true`.
+    pub seal_key: Option<Vec<u8>>,
     pub owned: OwnedSettings,
     pub inspector: Inspector,
     pub pool: Pool,
@@ -96,6 +104,7 @@ impl State {
             })
         });
         Ok(State {
+            seal_key: config.tenant.seal_secret()?,
             inspector: Inspector::new(guard, config.pool.mode),
             owned,
             pool,
@@ -131,9 +140,10 @@ impl RunningServer {
 }
 
 impl Server {
-    /// Binds the listeners.
+    /// Checks the upstream role, then binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let state = Arc::new(State::new(config)?);
+        check_upstream_role(&state).await?;
         let addr = state.config.listen.addr;
         let tcp = TcpListener::bind(addr)
             .await
@@ -251,6 +261,48 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         info!("rlsgate stopped");
+    }
+}
+
+/// Refuses an upstream role that RLS does not apply to (superuser, BYPASSRLS).
+async fn check_upstream_role(state: &State) -> Result<(), ServerError> {
+    let connector = &state.pool.connector;
+    let role = connector.target.user.clone();
+    let conn = tokio::time::timeout(connector.target.connect_timeout, backend::ServerConn::connect(connector)).await;
+    let mut conn = match conn {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not check the upstream role at start (upstream unreachable?)");
+            return Ok(());
+        }
+        Err(_) => {
+            warn!("could not check the upstream role at start: connect timed out");
+            return Ok(());
+        }
+    };
+    let row = conn
+        .query_row("SELECT rolsuper::text, rolbypassrls::text FROM pg_catalog.pg_roles WHERE rolname = current_user")
+        .await;
+    conn.terminate().await;
+    let row = match row {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "could not check the upstream role");
+            return Ok(());
+        }
+    };
+    let why = match (row.first().cloned().flatten().as_deref(), row.get(1).cloned().flatten().as_deref()) {
+        (Some("true"), _) => Some("a superuser"),
+        (_, Some("true")) => Some("BYPASSRLS"),
+        _ => None,
+    };
+    match why {
+        None => Ok(()),
+        Some(why) if state.config.upstream.allow_unsafe_role => {
+            warn!(role = %role, why, "UNSAFE: upstream role bypasses row-level security; tenants are NOT isolated (--allow-unsafe-upstream)");
+            Ok(())
+        }
+        Some(why) => Err(ServerError::UnsafeUpstream { role, why }),
     }
 }
 

@@ -29,7 +29,7 @@ pub struct OwnedSettings {
 
 impl OwnedSettings {
     pub fn from_config(cfg: &TenantConfig) -> Self {
-        let mut names = vec![cfg.setting.to_ascii_lowercase()];
+        let mut names = vec![cfg.setting.to_ascii_lowercase(), cfg.seal_setting.to_ascii_lowercase()];
         names.extend(cfg.claims.keys().map(|k| k.to_ascii_lowercase()));
         names.sort();
         names.dedup();
@@ -64,10 +64,14 @@ impl SessionContext {
         owned: &OwnedSettings,
         identity: &Identity,
         startup: &[(String, String)],
+        seal_key: Option<&[u8]>,
     ) -> Result<SessionContext, ContextError> {
         let mut settings = vec![(cfg.setting.clone(), identity.tenant.as_str().to_owned())];
         for (setting, claim) in &cfg.claims {
             settings.push((setting.clone(), claim_value(identity, claim)));
+        }
+        if let Some(key) = seal_key {
+            settings.push((cfg.seal_setting.clone(), seal(key, identity.tenant.as_str())));
         }
         let tenant_len = settings.len();
         for (name, value) in startup {
@@ -199,6 +203,15 @@ fn push_client_setting(
     Ok(())
 }
 
+/// HMAC-SHA256(key, tenant) in lower-case hex: what `rlsgate.tenant()` recomputes with
+/// pgcrypto (`encode(hmac(convert_to(tenant, 'UTF8'), key, 'sha256'), 'hex')`).
+pub fn seal(key: &[u8], tenant: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(tenant.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Value of a mapped claim as a setting: strings as-is, `*` the whole claims object as
 /// JSON, other JSON values in their JSON form; a missing claim is the empty string.
 fn claim_value(identity: &Identity, claim: &str) -> String {
@@ -286,6 +299,15 @@ mod tests {
         );
         assert!(parse_options("-x").is_err());
         assert!(parse_options("-c").is_err());
+    }
+
+    #[test]
+    fn seal_matches_rfc4231_test_vector() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            seal(b"Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! Defence in depth: the upstream role check and the sealed tenant context.
+
+use rlsgate::server::{Server, ServerError};
+
+use crate::harness::Env;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superuser_or_bypassrls_upstream_role_is_refused() {
+    let env = Env::start().await;
+    env.pg
+        .psql(
+            "app",
+            "CREATE ROLE app_super LOGIN SUPERUSER PASSWORD 'super_pw_123';
+             CREATE ROLE app_bypass LOGIN BYPASSRLS PASSWORD 'bypass_pw_123';",
+        )
+        .unwrap();
+    for (role, pw, why) in [("app_super", "super_pw_123", "superuser"), ("app_bypass", "bypass_pw_123", "BYPASSRLS")] {
+        let mut config = env.config.clone();
+        config.listen.addr = "127.0.0.1:0".parse().unwrap();
+        config.upstream.url = format!("postgres://{role}@127.0.0.1:{}/app", env.pg.port());
+        let pw_file = env.dir.path().join(format!("{role}.pw"));
+        std::fs::write(&pw_file, pw).unwrap();
+        config.upstream.password_file = Some(pw_file);
+        let err = Server::bind(config.clone()).await.err().expect("refused to start");
+        assert!(matches!(err, ServerError::UnsafeUpstream { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(role) && text.contains(why) && text.contains("row-level security"), "{text}");
+        // The explicit override starts (with a loud warning).
+        config.upstream.allow_unsafe_role = true;
+        let server = Server::bind(config).await.expect("override accepted");
+        drop(server);
+    }
+}
+
+/// With `sealed = true` even SQL the guard cannot see (dynamic SQL in a function the
+/// client created) cannot read another tenant's rows: the seal no longer verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
+    let secret = "a-seal-secret-of-sufficient-length";
+    let env = Env::with(|c| {
+        c.tenant.sealed = true;
+        let path = std::env::temp_dir().join(format!("rlsgate-seal-{}", std::process::id()));
+        std::fs::write(&path, secret).unwrap();
+        c.tenant.seal_secret_file = Some(path);
+    })
+    .await;
+    let sealed_sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sealed.sql")).unwrap();
+    env.pg.psql("app", &sealed_sql).unwrap();
+    env.pg
+        .psql(
+            "app",
+            &format!(
+                "SELECT rlsgate.set_seal_secret('{secret}');
+                 CREATE TABLE docs (id serial PRIMARY KEY, tenant_id text NOT NULL, body text);
+                 ALTER TABLE docs OWNER TO app_owner;
+                 ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY;
+                 CREATE POLICY sealed ON docs USING (tenant_id = (SELECT rlsgate.tenant()));
+                 GRANT SELECT ON docs TO app_rls;
+                 INSERT INTO docs (tenant_id, body) VALUES ('acme', 'a1'), ('acme', 'a2'), ('globex', 'g1');"
+            ),
+        )
+        .unwrap();
+    let c = env.connect("acme").await;
+    let n: i64 = c.query_one("SELECT count(*) FROM docs", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2, "sealed context verifies: own rows visible");
+    // The issue's example is already refused by the guard (dynamic SQL naming the setting).
+    let err = c
+        .batch_execute(
+            "CREATE FUNCTION pg_temp.sneaky() RETURNS void LANGUAGE plpgsql AS $f$
+             BEGIN
+               EXECUTE 'SELECT set_config(' || quote_literal('app.current_tenant') || ', ''globex'', false)';
+             END $f$;",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(crate::harness::db_error(&err).0, "42501");
+    // A function whose body the guard cannot judge (function and setting names computed
+    // at run time) switches the tenant.
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.sneaky() RETURNS void LANGUAGE plpgsql AS $f$
+         BEGIN
+           EXECUTE format('SELECT %s(%L, %L, false)', reverse('gifnoc_tes'), reverse('tnanet_tnerruc.ppa'), 'globex');
+         END $f$;",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("SELECT pg_temp.sneaky()").await.unwrap();
+    let tenant: String = c.query_one("SELECT current_setting('app.current_tenant')", &[]).await.unwrap().get(0);
+    assert_eq!(tenant, "globex", "the bare setting was changed behind the guard's back");
+    let rows = c.query("SELECT tenant_id FROM docs", &[]).await.unwrap();
+    assert_eq!(rows.len(), 0, "but the seal does not verify: no row of globex (nor acme)");
+}
