@@ -17,6 +17,8 @@ async fn txn_env(size: usize) -> Env {
     Env::with(|c| {
         c.pool.mode = PoolMode::Transaction;
         c.pool.size = size;
+        // Generous: CI runs many tests at once on two cores.
+        c.pool.acquire_timeout = Duration::from_secs(30);
     })
     .await
 }
@@ -222,4 +224,121 @@ async fn forty_clients_eight_tenants_random_transactions() {
     let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
     assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
     assert!(env.proxy.state.metrics.clients_active.load(Ordering::Relaxed) >= 0);
+}
+
+/// A client's SET outside a transaction follows it to every later transaction (on any
+/// server), and never reaches another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_follow_the_client_and_only_it() {
+    let env = txn_env(2).await;
+    let a = env.connect("acme").await;
+    let b = env.connect("globex").await;
+    a.batch_execute("SET search_path TO pg_catalog, public").await.unwrap();
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'").await.unwrap();
+    a.batch_execute("SET LOCAL work_mem = '99MB'").await.unwrap(); // outside a txn: no effect
+    let hold = env.connect("globex").await;
+    for i in 0..20 {
+        // Keep one server busy half of the time so transactions land on different servers.
+        if i % 2 == 0 {
+            hold.batch_execute("BEGIN").await.unwrap();
+        }
+        let r = rows(&a.simple_query("SHOW search_path; SHOW TimeZone; SHOW work_mem").await.unwrap());
+        assert_eq!(r, vec![vec!["pg_catalog, public".to_owned()], vec!["Asia/Tokyo".to_owned()], vec!["4MB".to_owned()]], "a, {i}");
+        let r = rows(&b.simple_query("SHOW search_path; SHOW TimeZone").await.unwrap());
+        assert_eq!(r[0][0], "\"$user\", public", "b, {i}");
+        assert_ne!(r[1][0], "Asia/Tokyo", "b, {i}");
+        if i % 2 == 0 {
+            hold.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    // RESET forgets; RESET ALL keeps the tenant.
+    a.batch_execute("RESET TimeZone").await.unwrap();
+    a.batch_execute("RESET ALL").await.unwrap();
+    let r = rows(&a.simple_query("SHOW search_path; SHOW app.current_tenant").await.unwrap());
+    assert_eq!(r, vec![vec!["\"$user\", public".to_owned()], vec!["acme".to_owned()]]);
+}
+
+/// Features that need one server for the whole session are refused with 0A000 in
+/// transaction mode, naming the feature and pointing at session mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_only_features_are_refused_with_0a000() {
+    let env = txn_env(2).await;
+    let c = env.connect("acme").await;
+    for (sql, names) in [
+        ("LISTEN jobs", "LISTEN"),
+        ("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT", "WITH HOLD"),
+        ("SELECT pg_advisory_lock(42)", "advisory lock"),
+        ("CREATE TEMP TABLE scratch (x int)", "temporary table"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+    ] {
+        let err = c.batch_execute(sql).await.unwrap_err();
+        let (code, msg) = crate::harness::db_error(&err);
+        assert_eq!(code, "0A000", "{sql}: {msg}");
+        assert!(msg.contains(names) && msg.contains("session"), "{sql}: {msg}");
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    // The transaction-scoped variants work.
+    c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(42); CREATE TEMP TABLE t (x int) ON COMMIT DROP; COMMIT")
+        .await
+        .unwrap();
+    // Session mode allows all of them.
+    let env = Env::start().await;
+    let c = env.connect("acme").await;
+    c.batch_execute("LISTEN jobs; SELECT pg_advisory_lock(42); CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1")
+        .await
+        .unwrap();
+}
+
+/// pgbench through rlsgate in transaction mode, on pgbench's own tables with RLS on a
+/// tenant column: simple, extended and prepared protocol, zero errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_all_protocols_through_transaction_mode() {
+    let env = txn_env(2).await;
+    let pgbench = env.pg.bin_dir().join("pgbench");
+    let init = std::process::Command::new(&pgbench)
+        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", &env.pg.port().to_string(), "-U", "postgres", "app"])
+        .output()
+        .expect("pgbench is installed (postgresql-contrib)");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    env.pg
+        .psql(
+            "app",
+            "ALTER TABLE pgbench_accounts ADD COLUMN tenant_id text NOT NULL DEFAULT 'acme';
+             UPDATE pgbench_accounts SET tenant_id = 'globex' WHERE aid % 2 = 0;
+             ALTER TABLE pgbench_accounts ENABLE ROW LEVEL SECURITY; ALTER TABLE pgbench_accounts FORCE ROW LEVEL SECURITY;
+             CREATE POLICY t ON pgbench_accounts USING (tenant_id = current_setting('app.current_tenant', true));
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_rls;",
+        )
+        .unwrap();
+    for mode in ["simple", "extended", "prepared"] {
+        let out = std::process::Command::new(&pgbench)
+            .args(["-n", "-c", "8", "-j", "2", "-t", "200", "-M", mode, "-S"])
+            .args(["-h", "127.0.0.1", "-p", &env.port().to_string(), "-U", "bench", "app"])
+            .env("PGPASSWORD", env.token("acme"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "-M {mode}: {stdout}\n{stderr}");
+        assert!(stdout.contains("number of transactions actually processed: 1600/1600"), "-M {mode}: {stdout}");
+        assert!(!stdout.contains("number of failed transactions: 1") && !stderr.contains("ERROR"), "-M {mode}: {stderr}");
+    }
+    // And a write workload (TPC-B-like) in all modes.
+    for mode in ["simple", "extended", "prepared"] {
+        let out = std::process::Command::new(&pgbench)
+            .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", mode])
+            .args(["-h", "127.0.0.1", "-p", &env.port().to_string(), "-U", "bench", "app"])
+            .env("PGPASSWORD", env.token("acme"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "-M {mode}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Every account update went to the token's tenant's rows or none (RLS): globex untouched.
+    let admin = env.admin().await;
+    let changed: i64 = admin
+        .query_one("SELECT count(*) FROM pgbench_accounts WHERE tenant_id = 'globex' AND abalance <> 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, 0);
 }

@@ -164,16 +164,24 @@ async fn bind_with_context(
     state: &State,
     ctx: &SessionContext,
 ) -> Result<Object<Manager>, ClientError> {
-    let mut buf = BytesMut::new();
-    ctx.encode(&mut buf);
+    let want = ctx.fingerprint();
     let mut last = None;
     for _ in 0..3 {
         let mut obj = state.pool.checkout().await?;
         Metrics::inc(&state.metrics.context_round_trips);
-        match obj.exchange(&buf, 1).await {
+        // A server released by another client in transaction mode may hold that client's
+        // session settings: reset them first (same round trip).
+        let mut buf = BytesMut::new();
+        let mut replies = 1;
+        if obj.context.is_some_and(|c| c.client != want.client) {
+            protocol::put_query(&mut buf, "RESET ALL");
+            replies += 1;
+        }
+        ctx.encode(&mut buf);
+        match obj.exchange(&buf, replies).await {
             Ok(()) => {
                 Metrics::inc(&state.metrics.context_applied);
-                obj.context = Some(ctx.fingerprint());
+                obj.context = Some(want);
                 return Ok(obj);
             }
             Err(e) if obj.broken => {
@@ -375,7 +383,17 @@ impl Session<'_> {
             }
             fe::FUNCTION_CALL => {
                 self.pipeline.client(Reply::UntilReady);
-                Ok(None)
+                let oid = function_oid(&self.cbuf[start..end]);
+                if oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o)) {
+                    return Ok(None);
+                }
+                // Any other function could be set_config by OID, unseen by the guard.
+                let message = format!(
+                    "rlsgate: FunctionCall messages are refused except for large-object functions \
+                     (function oid {}) (rule: function-call)",
+                    oid.unwrap_or(0)
+                );
+                Ok(Some(self.refusal_message(fe::QUERY, start, end, "42501", message)))
             }
             _ => Ok(None), // Flush: no reply
         }
@@ -652,11 +670,15 @@ impl Session<'_> {
                 if let Some(s) = server {
                     pool.discard(s, "session failed").await;
                 }
-                if matches!(e, ClientError::ContextFailed(_)) {
-                    warn!(error = %e, "tenant context could not be applied; session closed");
-                    return fatal(&mut self.client, e).await;
+                match e {
+                    ClientError::ContextFailed(_) => {
+                        warn!(error = %e, "tenant context could not be applied; session closed");
+                        fatal(&mut self.client, e).await
+                    }
+                    // Tell the client why (pool exhausted, upstream gone) before closing.
+                    ClientError::Checkout(_) | ClientError::Upstream(_) => fatal(&mut self.client, e).await,
+                    e => Err(e),
                 }
-                Err(e)
             }
         }
     }
@@ -673,7 +695,15 @@ impl Session<'_> {
         message: String,
     ) -> BytesMut {
         Metrics::inc(&self.state.metrics.guard_refusals);
-        tracing::info!(sqlstate = code, reason = %message, "statement refused");
+        // Logged with the statement's fingerprint, never its text or values.
+        let msg = &self.cbuf[start..end];
+        let fingerprint = crate::inspect::sql_of(msg[0], msg).and_then(crate::guard::fingerprint);
+        tracing::info!(
+            sqlstate = code,
+            reason = %message,
+            fingerprint = fingerprint.as_deref().unwrap_or("-"),
+            "statement refused"
+        );
         self.refusals.push_back((code, message));
         let sql = format!("SELECT {}.refused", self.marker);
         let mut out = BytesMut::new();
@@ -739,6 +769,14 @@ fn is_marker_error(refusals: &VecDeque<(&'static str, String)>, marker: &str, ms
 
 fn all(_: u8) -> bool {
     true
+}
+
+/// pg_catalog large-object functions (fixed OIDs), which libpq calls with FunctionCall.
+const LARGE_OBJECT_FUNCTIONS: [u32; 13] = [715, 952, 953, 954, 955, 956, 957, 958, 964, 1004, 3170, 3171, 3172];
+
+fn function_oid(msg: &[u8]) -> Option<u32> {
+    let b = protocol::body(msg);
+    Some(u32::from_be_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]))
 }
 
 /// ParseComplete and CloseComplete, for replies the proxy gives itself.

@@ -60,6 +60,7 @@ impl ClientError {
             ClientError::Context(ContextError::Protected(_)) => "42501",
             ClientError::Context(ContextError::Replication) => "0A000",
             ClientError::Context(ContextError::BadOptions(_)) => "22023",
+            ClientError::Context(ContextError::UnsafeEncoding(_)) => "22023",
             ClientError::Checkout(c) => c.sqlstate(),
             ClientError::Upstream(BackendError::Server(f)) if !f.code.is_empty() => &f.code,
             ClientError::Upstream(_) => "08006",

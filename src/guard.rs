@@ -10,6 +10,7 @@
 //! defence for those.
 
 mod cache;
+mod json;
 mod plpgsql;
 mod policy;
 mod walk;

@@ -2,9 +2,10 @@
 //!
 //! The text is hashed once (SipHash with a random key, so clients cannot aim collisions);
 //! that hash picks the shard and is the map key, and the stored text is compared on a hit.
-//! Each shard keeps two generations: when the young one is full it becomes the old one and
-//! the previous old one is dropped; a hit in the old generation is promoted. This approximates
-//! LRU with O(1) work and no per-entry bookkeeping.
+//! Each shard keeps two generations: when the young one is full (by count or by bytes of
+//! text) it becomes the old one and the previous old one is dropped; a hit in the old
+//! generation is promoted. This approximates LRU with O(1) work and no per-entry bookkeeping,
+//! and bounds memory even against a client that sends many distinct long statements.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -14,6 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use super::Verdict;
 
 const SHARDS: usize = 16;
+
+/// Bytes of statement text the whole cache holds at most (both generations of all shards).
+const TEXT_BUDGET: usize = 32 * 1024 * 1024;
 
 /// The map key already is a good hash; this hasher passes it through.
 #[derive(Default)]
@@ -43,12 +47,15 @@ struct Entry {
 #[derive(Default)]
 struct Shard {
     young: Map,
+    /// Bytes of text in `young` (an overestimate after replacements, which only rotates sooner).
+    young_bytes: usize,
     old: Map,
 }
 
 pub(super) struct VerdictCache {
     shards: Vec<Mutex<Shard>>,
     per_generation: usize,
+    bytes_per_generation: usize,
     hasher: RandomState,
 }
 
@@ -58,6 +65,7 @@ impl VerdictCache {
         VerdictCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_generation: (capacity / SHARDS / 2).max(1),
+            bytes_per_generation: TEXT_BUDGET / SHARDS / 2,
             hasher: RandomState::new(),
         }
     }
@@ -89,9 +97,13 @@ impl VerdictCache {
     }
 
     fn put(&self, shard: &mut Shard, hash: u64, entry: Entry) {
-        if shard.young.len() >= self.per_generation && !shard.young.contains_key(&hash) {
+        let full = shard.young.len() >= self.per_generation
+            || shard.young_bytes + entry.text.len() > self.bytes_per_generation;
+        if full && !shard.young.contains_key(&hash) {
             shard.old = std::mem::take(&mut shard.young);
+            shard.young_bytes = 0;
         }
+        shard.young_bytes += entry.text.len();
         shard.young.insert(hash, entry);
     }
 
@@ -102,6 +114,21 @@ impl VerdictCache {
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[cfg(test)]
+    pub(super) fn text_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                s.young
+                    .values()
+                    .chain(s.old.values())
+                    .map(|e| e.text.len())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     #[cfg(test)]
