@@ -1,6 +1,9 @@
 //! Integration tests: real PostgreSQL (started from the local server binaries), real
 //! rlsgate, real clients. See `harness.rs`.
 
+// `Result::err().expect()`: tokio-postgres clients are not `Debug`, so `expect_err` is out.
+#![allow(clippy::err_expect)]
+
 mod harness;
 
 mod auth;

@@ -226,6 +226,18 @@ impl ServerConn {
         }
     }
 
+    /// Reads one whole message (the proxy's own exchanges; forwarding streams instead).
+    async fn next_message(&mut self) -> Result<(u8, BytesMut), BackendError> {
+        loop {
+            if let Some((tag, len)) = protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))? {
+                if self.rbuf.len() >= len {
+                    return Ok((tag, self.rbuf.split_to(len)));
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
     /// Reads more bytes into `rbuf`; EOF is an error.
     pub async fn fill(&mut self) -> Result<(), BackendError> {
         self.rbuf.reserve(8192);
@@ -249,17 +261,7 @@ impl ServerConn {
         let mut first_error: Option<ErrorFields> = None;
         let mut seen = 0;
         while seen < expected {
-            let Some((tag, len)) =
-                protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))?
-            else {
-                self.fill().await?;
-                continue;
-            };
-            if self.rbuf.len() < len {
-                self.fill().await?;
-                continue;
-            }
-            let msg = self.rbuf.split_to(len);
+            let (tag, msg) = self.next_message().await?;
             match tag {
                 protocol::backend::READY_FOR_QUERY => {
                     self.tx = TxStatus::from_byte(msg[5])
@@ -302,15 +304,7 @@ impl ServerConn {
         let mut row = None;
         let mut error = None;
         loop {
-            let Some((tag, len)) = protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))? else {
-                self.fill().await?;
-                continue;
-            };
-            if self.rbuf.len() < len {
-                self.fill().await?;
-                continue;
-            }
-            let msg = self.rbuf.split_to(len);
+            let (tag, msg) = self.next_message().await?;
             match tag {
                 b'D' if row.is_none() => row = Some(parse_data_row(&msg)),
                 protocol::backend::ERROR_RESPONSE => error = Some(protocol::parse_error_fields(&msg)),

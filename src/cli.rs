@@ -48,7 +48,7 @@ enum Command {
         config: PathBuf,
     },
     /// Mint a JWT for testing (prints it on stdout).
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
     /// Throwaway PostgreSQL + sample multi-tenant schema + the proxy in front of it.
     Demo(crate::demo::DemoArgs),
 }
@@ -102,7 +102,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, allow_unsafe_upstream } => serve(config, allow_unsafe_upstream),
         Command::CheckConfig { config } => check_config(config),
-        Command::Token(args) => token(args),
+        Command::Token(args) => token(*args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::demo::run(args))),
     };
     match result {
