@@ -17,3 +17,4 @@ mod security;
 mod session;
 mod tls;
 mod txn;
+mod upstream;

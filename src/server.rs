@@ -194,9 +194,9 @@ impl Server {
 
     /// Accepts clients until `shutdown` is cancelled, then drains sessions.
     pub async fn run(self, shutdown: CancellationToken) {
-        let state = self.state;
-        info!(addr = %self.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-              unix = ?self.unix.as_ref().map(|u| u.1.display().to_string()),
+        let Server { state, tcp, unix } = self;
+        info!(addr = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+              unix = ?unix.as_ref().map(|u| u.1.display().to_string()),
               mode = ?state.config.pool.mode, "rlsgate listening");
         if let Err(e) = state.pool.prefill().await {
             warn!(error = %e, "could not open pool.min_idle connections at start");
@@ -211,11 +211,11 @@ impl Server {
                 _ = shutdown.cancelled() => break,
                 _ = reap.tick() => { state.pool.reap(); continue; }
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
-                r = self.tcp.accept() => match r {
+                r = tcp.accept() => match r {
                     Ok((s, peer)) => { let _ = s.set_nodelay(true); (Incoming::Tcp(s), Some(peer)) }
                     Err(e) => { warn!(error = %e, "accept failed"); continue; }
                 },
-                r = accept_unix(&self.unix) => match r {
+                r = accept_unix(&unix) => match r {
                     Ok(s) => (Incoming::Unix(s), None),
                     Err(e) => { warn!(error = %e, "unix accept failed"); continue; }
                 },
@@ -236,6 +236,12 @@ impl Server {
                 .instrument(span),
             );
         }
+        // Stop listening at once: new clients get "connection refused", not a hang.
+        drop(tcp);
+        let unix_path = unix.map(|(listener, path)| {
+            drop(listener);
+            path
+        });
         info!(
             sessions = sessions.len(),
             "shutting down: no new connections"
@@ -257,7 +263,7 @@ impl Server {
             .await;
         }
         state.pool.close();
-        if let Some((_, path)) = &self.unix {
+        if let Some(path) = unix_path {
             let _ = std::fs::remove_file(path);
         }
         info!("rlsgate stopped");
