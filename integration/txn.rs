@@ -342,3 +342,95 @@ async fn pgbench_all_protocols_through_transaction_mode() {
         .get(0);
     assert_eq!(changed, 0);
 }
+
+/// The same random workload with named prepared statements (tokio-postgres prepares
+/// each statement once per connection; executions land on whichever server is free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_clients_prepared_statements_random_transactions() {
+    let env = txn_env(2).await;
+    env.pg
+        .psql(
+            "app",
+            "CREATE TABLE ledger (id bigserial PRIMARY KEY,
+                 tenant_id text NOT NULL DEFAULT current_setting('app.current_tenant'),
+                 client int NOT NULL, n int NOT NULL);
+             ALTER TABLE ledger ENABLE ROW LEVEL SECURITY; ALTER TABLE ledger FORCE ROW LEVEL SECURITY;
+             CREATE POLICY t ON ledger USING (tenant_id = current_setting('app.current_tenant', true))
+                 WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
+             GRANT SELECT, INSERT ON ledger TO app_rls; GRANT USAGE ON SEQUENCE ledger_id_seq TO app_rls;",
+        )
+        .unwrap();
+    let env = std::sync::Arc::new(env);
+    let leaks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client_no in 0..40i32 {
+        let (env, leaks) = (env.clone(), leaks.clone());
+        tasks.push(tokio::spawn(async move {
+            let tenant = format!("t{}", client_no % 8);
+            let other = format!("t{}", (client_no + 1) % 8);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + client_no as u64);
+            let mut committed = 0i64;
+            let mut c = env.connect(&tenant).await;
+            let mut read = c.prepare("SELECT DISTINCT tenant_id FROM ledger").await.unwrap();
+            let mut ins = c.prepare("INSERT INTO ledger (client, n) VALUES ($1, $2)").await.unwrap();
+            for _ in 0..500 {
+                match rng.random_range(0..100) {
+                    0..=44 => {
+                        let rows = c.query(&read, &[]).await.unwrap();
+                        if rows.iter().any(|r| r.get::<_, String>(0) != tenant) {
+                            leaks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    45..=74 => {
+                        c.batch_execute("BEGIN").await.unwrap();
+                        c.execute(&ins, &[&client_no, &1i32]).await.unwrap();
+                        c.execute(&ins, &[&client_no, &2i32]).await.unwrap();
+                        c.batch_execute("COMMIT").await.unwrap();
+                        committed += 2;
+                    }
+                    75..=84 => {
+                        // An error inside the transaction: nothing commits.
+                        c.batch_execute("BEGIN").await.unwrap();
+                        c.execute(&ins, &[&client_no, &9i32]).await.unwrap();
+                        assert!(c.execute("SELECT 1/0", &[]).await.is_err());
+                        c.batch_execute("ROLLBACK").await.unwrap();
+                    }
+                    85..=89 => {
+                        let err = c
+                            .execute("INSERT INTO ledger (tenant_id, client, n) VALUES ($1, $2, 5)", &[&other, &client_no])
+                            .await
+                            .unwrap_err();
+                        assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+                    }
+                    _ => {
+                        // Drop mid-transaction, reconnect and prepare again.
+                        c.batch_execute("BEGIN").await.unwrap();
+                        c.execute(&ins, &[&client_no, &7i32]).await.unwrap();
+                        drop((c, read, ins));
+                        c = env.connect(&tenant).await;
+                        read = c.prepare("SELECT DISTINCT tenant_id FROM ledger").await.unwrap();
+                        ins = c.prepare("INSERT INTO ledger (client, n) VALUES ($1, $2)").await.unwrap();
+                    }
+                }
+            }
+            (tenant, committed)
+        }));
+    }
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for t in tasks {
+        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t).await.expect("bounded").unwrap();
+        *expected.entry(tenant).or_default() += n;
+    }
+    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows of another tenant were seen");
+    let admin = env.admin().await;
+    for (tenant, n) in expected {
+        let got: i64 = admin
+            .query_one("SELECT count(*) FROM ledger WHERE tenant_id = $1", &[&tenant])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, n, "tenant {tenant}");
+    }
+    let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
+    assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
+}
