@@ -5,7 +5,7 @@
 #   docker build -t rlsgate .
 #   docker run -p 6432:6432 \
 #     -e RLSGATE_UPSTREAM__URL=postgres://app_rls@db:5432/app \
-#     -e UPSTREAM_PASSWORD=... -e JWT_SECRET=... \
+#     -e RLSGATE_UPSTREAM_PASSWORD=... -e RLSGATE_JWT_SECRET=... \
 #     rlsgate
 #
 # Configuration: /etc/rlsgate/rlsgate.toml (copied from config/rlsgate.example.toml; mount

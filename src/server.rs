@@ -221,7 +221,7 @@ impl Server {
                 },
             };
             next_id += 1;
-            let span = info_span!("conn", id = next_id, peer = ?peer_label(incoming.1), sub = field::Empty, tenant = field::Empty);
+            let span = info_span!("conn", id = next_id, peer = %peer_label(incoming.1), sub = field::Empty, tenant = field::Empty);
             let permit = limit.clone().try_acquire_owned().ok();
             let (state, terminate) = (state.clone(), terminate.clone());
             sessions.spawn(
