@@ -202,6 +202,10 @@ impl Session<'_> {
     /// The event loop.
     async fn run(&mut self, terminate: &CancellationToken) -> Result<End, ClientError> {
         let mut cancelled = pin!(terminate.cancelled());
+        // Bytes the client pipelined behind its password are already buffered.
+        if !self.cbuf.is_empty() && self.on_client_data().await? {
+            return Ok(End::Terminate);
+        }
         loop {
             let event = self.next_event(cancelled.as_mut()).await?;
             match event {
