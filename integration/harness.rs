@@ -32,6 +32,11 @@ impl Env {
 
     /// Environment with a modified config (`c.upstream`, `c.pool`, ... are the demo's).
     pub async fn with(modify: impl FnOnce(&mut Config)) -> Env {
+        Env::build(DEMO_SQL, modify).await
+    }
+
+    /// A fresh PostgreSQL with database `app` holding `schema_sql`, and the proxy.
+    async fn build(schema_sql: &str, modify: impl FnOnce(&mut Config)) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -43,7 +48,7 @@ impl Env {
                 .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
         pg.psql("postgres", "CREATE DATABASE app")
             .expect("create database");
-        pg.psql("app", DEMO_SQL).expect("load demo schema");
+        pg.psql("app", schema_sql).expect("load the test schema");
         let dir = tempfile::Builder::new()
             .prefix("rlsgate-test-")
             .tempdir()
@@ -64,6 +69,13 @@ impl Env {
             dir,
             config,
         }
+    }
+
+    /// Like [`Env::start`], but database `app` gets `schema_sql` (run as superuser)
+    /// instead of the demo schema. The proxy logs in as `app_rls` with password
+    /// `app_rls_pw`, so `schema_sql` should create that role for clients to get through.
+    pub async fn with_schema(schema_sql: &str) -> Env {
+        Env::build(schema_sql, |_| {}).await
     }
 
     pub fn port(&self) -> u16 {

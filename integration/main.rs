@@ -10,6 +10,8 @@ mod auth;
 mod cancel;
 mod copy;
 mod guard;
+mod doctor;
+mod policy;
 mod pool;
 mod psql;
 mod restart;

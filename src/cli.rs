@@ -1,4 +1,4 @@
-//! Command line: `serve`, `token`, `check-config`, `demo`.
+//! Command line: `serve`, `token`, `check-config`, `demo`, `policy`, `doctor`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +51,12 @@ enum Command {
     Token(Box<TokenArgs>),
     /// Throwaway PostgreSQL + sample multi-tenant schema + the proxy in front of it.
     Demo(crate::demo::DemoArgs),
+    /// Take a database to row-level security as a policy file says: plan, apply,
+    /// rollback, verify.
+    Policy(crate::policy::PolicyArgs),
+    /// Audit a live database for the ways tenant isolation silently fails
+    /// (exit 0: no errors, 1: errors found, 2: could not run).
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 #[derive(Args)]
@@ -104,6 +110,9 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config),
         Command::Token(args) => token(*args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::demo::run(args))),
+        // These report their own errors and choose their exit codes.
+        Command::Policy(args) => return crate::policy::run(args),
+        Command::Doctor(args) => return crate::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -246,7 +246,9 @@ struct RawRoles {
 }
 
 fn default_privileges() -> Vec<String> {
-    ["SELECT", "INSERT", "UPDATE", "DELETE"].map(String::from).into()
+    ["SELECT", "INSERT", "UPDATE", "DELETE"]
+        .map(String::from)
+        .into()
 }
 
 #[derive(Deserialize)]

@@ -231,7 +231,10 @@ mod tests {
         assert_eq!(quote_literal("acme"), "'acme'");
         assert_eq!(quote_literal("o'brien"), "'o''brien'");
         assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
-        assert_eq!(quote_literal("'; DROP TABLE x; --"), "'''; DROP TABLE x; --'");
+        assert_eq!(
+            quote_literal("'; DROP TABLE x; --"),
+            "'''; DROP TABLE x; --'"
+        );
     }
 
     #[test]
