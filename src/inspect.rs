@@ -49,17 +49,46 @@ pub struct Analysis {
     pub session_only: Option<&'static str>,
 }
 
+/// Lower-case substrings without which a statement can neither touch a setting, a role
+/// or session state, nor read a denied relation: every guard rule, session effect and
+/// session-only feature needs one of them in its text (`set` covers `SET`, `RESET`,
+/// `set_config`, `SET ROLE`, `pg_settings`; `u&` Unicode-escaped identifiers; a
+/// backslash the `standard_conforming_strings` trick). A statement with none of them,
+/// owned setting names and denied relations included, is allowed without parsing.
+const TRIGGERS: &[&str] = &[
+    "set", "do", "function", "procedure", "alter", "role", "authorization", "discard",
+    "deallocate", "listen", "hold", "advisory", "temp", "prepare", "execute", "pg_stat",
+    "u&", "\\",
+];
+
 /// The guard plus the analysis cache.
 pub struct Inspector {
     guard: Option<Guard>,
     mode: PoolMode,
     cache: Mutex<HashMap<Box<str>, Arc<Analysis>>>,
+    /// Extra trigger words: owned setting names and denied relations (lower-case).
+    names: Vec<String>,
+    /// The shared "nothing to see" analysis of the fast path.
+    plain: Arc<Analysis>,
 }
 
 impl Inspector {
     /// `guard` is `None` when `[guard] enabled = false`.
-    pub fn new(guard: Option<Guard>, mode: PoolMode) -> Inspector {
-        Inspector { guard, mode, cache: Mutex::new(HashMap::new()) }
+    /// `names`: owned setting names and denied relations (any case).
+    pub fn new(guard: Option<Guard>, mode: PoolMode, names: &[String]) -> Inspector {
+        Inspector {
+            guard,
+            mode,
+            cache: Mutex::new(HashMap::new()),
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            plain: Arc::new(Analysis { guard: guard::Verdict::Allow, effects: Vec::new(), session_only: None }),
+        }
+    }
+
+    /// True when `sql` contains any trigger word and must be parsed.
+    fn needs_parse(&self, sql: &str) -> bool {
+        let lower = sql.to_ascii_lowercase();
+        TRIGGERS.iter().any(|t| lower.contains(t)) || self.names.iter().any(|n| lower.contains(n.as_str()))
     }
 
     pub fn guard(&self) -> Option<&Guard> {
@@ -70,6 +99,10 @@ impl Inspector {
     pub fn analyse(&self, sql: &str) -> Arc<Analysis> {
         if let Some(a) = self.cache.lock().expect("inspect cache poisoned").get(sql) {
             return a.clone();
+        }
+        if !self.needs_parse(sql) {
+            // Not cached: statements with inlined literals would only churn the cache.
+            return self.plain.clone();
         }
         let analysis = Arc::new(Analysis {
             guard: self.guard.as_ref().map_or(guard::Verdict::Allow, |g| g.check(sql)),
@@ -235,6 +268,27 @@ mod tests {
         assert_eq!(effects("reset all"), vec![Effect::ResetAll]);
         assert_eq!(effects("SET TIME ZONE 'UTC'"), vec![Effect::Set { name: "timezone".into(), sql: "SET TIME ZONE 'UTC'".into() }]);
         assert!(effects("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn fast_path_only_for_statements_without_trigger_words() {
+        let names = vec!["app.current_tenant".to_owned(), "pg_stat_activity".to_owned()];
+        let i = Inspector::new(None, PoolMode::Transaction, &names);
+        assert!(!i.needs_parse("SELECT abalance FROM pgbench_accounts WHERE aid = 42"));
+        assert!(!i.needs_parse("INSERT INTO t (a) VALUES (1) RETURNING id"));
+        for sql in [
+            "UPDATE t SET a = 1",
+            "SELECT SET_CONFIG('x', 'y', false)",
+            "SELECT current_setting('APP.CURRENT_TENANT')",
+            "select * from U&\"\\0070g_stat_activity\"",
+            "LISTEN x",
+            "SELECT pg_advisory_lock(1)",
+            "CREATE TEMPORARY TABLE x (a int)",
+            "DO $$ BEGIN END $$",
+            "SELECT 'a\\' -- '",
+        ] {
+            assert!(i.needs_parse(sql), "{sql}");
+        }
     }
 
     #[test]

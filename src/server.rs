@@ -105,7 +105,11 @@ impl State {
         });
         Ok(State {
             seal_key: config.tenant.seal_secret()?,
-            inspector: Inspector::new(guard, config.pool.mode),
+            inspector: Inspector::new(
+                guard,
+                config.pool.mode,
+                &[owned.names(), &config.guard.deny_relations[..]].concat(),
+            ),
             owned,
             pool,
             cancel: CancelRegistry::default(),
