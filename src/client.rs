@@ -25,14 +25,15 @@ use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::handshake::Authenticated;
-use crate::inspect::{Effect, Verdict};
 use crate::metrics::Metrics;
-use crate::pipeline::{Disposition, Pipeline, Reply};
+use crate::pipeline::{Disposition, Pipeline};
 use crate::pool::Manager;
-use crate::prepared::{self, ClientStatements};
+use crate::prepared::ClientStatements;
 use crate::protocol::{self, backend as be, frontend as fe, Scanner, Severity, Step, TxStatus};
 use crate::server::State;
 use crate::tenant::SessionContext;
+
+mod messages;
 
 /// Read-buffer growth step; large enough to batch many small messages per syscall.
 const READ_CHUNK: usize = 16 * 1024;
@@ -113,7 +114,10 @@ pub async fn run_session(
         PoolMode::Session => server.pid(),
         PoolMode::Transaction => rand::random::<i32>().abs().max(1),
     };
-    let target = CancelTarget { server_pid: server.pid(), server_secret: server.secret() };
+    let target = CancelTarget {
+        server_pid: server.pid(),
+        server_secret: server.secret(),
+    };
     let secret = state.cancel.issue(pid, Some(target));
     let _key = KeyGuard { state, pid, secret };
 
@@ -230,7 +234,13 @@ impl Session<'_> {
         &mut self,
         mut cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Result<Event, ClientError> {
-        let Session { client, cbuf, server, to_server, .. } = self;
+        let Session {
+            client,
+            cbuf,
+            server,
+            to_server,
+            ..
+        } = self;
         poll_fn(|cx| {
             if cancelled.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Terminate));
@@ -331,165 +341,6 @@ impl Session<'_> {
         Ok(false)
     }
 
-    /// Accounts for one client message. Returns replacement bytes (possibly empty) when
-    /// the message must not go to the server as sent.
-    fn on_client_message(&mut self, tag: u8, start: usize, end: usize) -> Result<Option<BytesMut>, ClientError> {
-        let txn = self.mode == PoolMode::Transaction;
-        match tag {
-            fe::QUERY => {
-                let replacement = self.check_sql(tag, start, end);
-                self.pipeline.client(Reply::UntilReady);
-                Ok(replacement)
-            }
-            fe::PARSE => {
-                self.extended_open = true;
-                if let Some(replacement) = self.check_sql(tag, start, end) {
-                    self.pipeline.client(Reply::Parse);
-                    return Ok(Some(replacement));
-                }
-                if !txn {
-                    self.pipeline.client(Reply::Parse);
-                    return Ok(None);
-                }
-                let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
-                    self.pipeline.client(Reply::Parse);
-                    return Ok(None);
-                };
-                let mut out = BytesMut::new();
-                if self.server_mut().statements.has(&stmt.server_name) {
-                    self.pipeline.synthetic(BytesMut::from(&PARSE_COMPLETE[..]));
-                } else {
-                    self.add_server_statement(&stmt.server_name, &mut out);
-                    out.extend_from_slice(&stmt.parse);
-                    self.pipeline.client_parse(stmt.server_name.clone());
-                }
-                Ok(Some(out))
-            }
-            fe::BIND => {
-                self.extended_open = true;
-                let replacement = if txn { self.rewrite_bind(start, end) } else { None };
-                self.pipeline.client(Reply::Bind);
-                Ok(replacement)
-            }
-            fe::DESCRIBE | fe::CLOSE => {
-                self.extended_open = true;
-                self.statement_target(tag, start, end)
-            }
-            fe::EXECUTE => {
-                self.extended_open = true;
-                self.pipeline.client(Reply::Execute);
-                Ok(None)
-            }
-            fe::SYNC => {
-                self.extended_open = false;
-                self.pipeline.client(Reply::UntilReady);
-                Ok(None)
-            }
-            fe::FUNCTION_CALL => {
-                self.pipeline.client(Reply::UntilReady);
-                let oid = function_oid(&self.cbuf[start..end]);
-                if oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o)) {
-                    return Ok(None);
-                }
-                // Any other function could be set_config by OID, unseen by the guard.
-                let message = format!(
-                    "rlsgate: FunctionCall messages are refused except for large-object functions \
-                     (function oid {}) (rule: function-call)",
-                    oid.unwrap_or(0)
-                );
-                Ok(Some(self.refusal_message(fe::QUERY, start, end, "42501", message)))
-            }
-            _ => Ok(None), // Flush: no reply
-        }
-    }
-
-    fn server_mut(&mut self) -> &mut crate::backend::ServerConn {
-        self.server.as_mut().expect("bound server")
-    }
-
-    /// Records a statement as prepared on the bound server, closing an evicted one.
-    fn add_server_statement(&mut self, server_name: &str, out: &mut BytesMut) {
-        if let Some(evicted) = self.server_mut().statements.add(server_name) {
-            prepared::put_statement_message(out, fe::CLOSE, &evicted);
-            self.pipeline.swallow_close();
-        }
-    }
-
-    /// Makes sure the bound server has statement `stmt` (queues its Parse ahead if not).
-    fn ensure_statement(&mut self, stmt: &prepared::Statement, out: &mut BytesMut) {
-        if !self.server_mut().statements.has(&stmt.server_name) {
-            self.add_server_statement(&stmt.server_name, out);
-            out.extend_from_slice(&stmt.parse);
-            self.pipeline.swallow_parse(stmt.server_name.clone());
-        }
-    }
-
-    fn rewrite_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
-        let (_, name) = prepared::bind_statement(&self.cbuf[start..end])?;
-        let stmt = self.statements.get(name)?.clone();
-        let mut out = BytesMut::new();
-        self.ensure_statement(&stmt, &mut out);
-        prepared::rewrite_bind(&self.cbuf[start..end], &stmt.server_name, &mut out);
-        Some(out)
-    }
-
-    /// Describe/Close of a named statement in transaction mode: renamed, or (Close)
-    /// answered by the proxy since the server keeps the statement cached.
-    fn statement_target(&mut self, tag: u8, start: usize, end: usize) -> Result<Option<BytesMut>, ClientError> {
-        let reply = if tag == fe::DESCRIBE { Reply::Describe } else { Reply::Close };
-        let named = match prepared::target(&self.cbuf[start..end]) {
-            Some((b'S', name)) if !name.is_empty() && self.mode == PoolMode::Transaction => name.to_owned(),
-            _ => {
-                self.pipeline.client(reply);
-                return Ok(None);
-            }
-        };
-        if tag == fe::CLOSE {
-            self.statements.close(&named);
-            self.pipeline.synthetic(BytesMut::from(&CLOSE_COMPLETE[..]));
-            return Ok(Some(BytesMut::new()));
-        }
-        let Some(stmt) = self.statements.get(&named).cloned() else {
-            self.pipeline.client(reply);
-            return Ok(None);
-        };
-        let mut out = BytesMut::new();
-        self.ensure_statement(&stmt, &mut out);
-        prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
-        self.pipeline.client(reply);
-        Ok(Some(out))
-    }
-
-    /// Runs the guard on a Query/Parse, records session effects (transaction mode,
-    /// outside a transaction); returns the replacement for a refused message.
-    fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Option<BytesMut> {
-        let (verdict, analysis) = self.state.inspector.inspect_message(tag, &self.cbuf[start..end]);
-        match verdict {
-            Verdict::Allow => {}
-            Verdict::AllowReapply => self.reapply_after_sync = true,
-            Verdict::Refuse { code, message } => {
-                return Some(self.refusal_message(tag, start, end, code, message))
-            }
-        }
-        if self.mode != PoolMode::Transaction {
-            return None;
-        }
-        let idle = self.tx == TxStatus::Idle;
-        for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
-            match effect {
-                Effect::Set { name, sql } if idle => self.ctx.remember_set(name, sql),
-                Effect::Reset(name) if idle => self.ctx.forget(name),
-                Effect::ResetAll if idle => self.ctx.forget_all(),
-                Effect::DeallocateAll => {
-                    self.statements.clear();
-                    self.server_mut().statements.clear();
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-
     /// Moves `cbuf[..n]` to the server queue (one copy into a reused buffer).
     fn queue(&mut self, n: usize) {
         if n > 0 {
@@ -522,8 +373,13 @@ impl Session<'_> {
         } else {
             Metrics::inc(&self.state.metrics.context_reused);
         }
-        let target = CancelTarget { server_pid: obj.pid(), server_secret: obj.secret() };
-        self.state.cancel.retarget(self.key.0, self.key.1, Some(target));
+        let target = CancelTarget {
+            server_pid: obj.pid(),
+            server_secret: obj.secret(),
+        };
+        self.state
+            .cancel
+            .retarget(self.key.0, self.key.1, Some(target));
         self.server = Some(obj);
         Ok(())
     }
@@ -556,8 +412,14 @@ impl Session<'_> {
     /// emits synthetic replies in order, forwards the rest, swaps marker errors for
     /// refusals, tracks ReadyForQuery and ParameterStatus.
     async fn on_server_data(&mut self) -> Result<(), ClientError> {
-        let Some(server) = self.server.as_mut() else { return Ok(()) };
-        let crate::backend::ServerConn { rbuf: buf, statements, .. } = &mut **server;
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let crate::backend::ServerConn {
+            rbuf: buf,
+            statements,
+            ..
+        } = &mut **server;
         let mut params = Vec::new();
         let mut pos = 0; // scanned
         let mut sent = 0; // forwarded or dropped
@@ -568,7 +430,11 @@ impl Session<'_> {
                 sent = pos;
                 continue;
             }
-            let want: fn(u8) -> bool = if self.pipeline.front_is_proxy() { all } else { wanted_down };
+            let want: fn(u8) -> bool = if self.pipeline.front_is_proxy() {
+                all
+            } else {
+                wanted_down
+            };
             let (tag, start, end) = match self.down.step(buf, pos, want).map_err(proto)? {
                 Step::Pass { end, .. } => {
                     pos = end;
@@ -604,15 +470,21 @@ impl Session<'_> {
                 Disposition::Forward => {
                     match tag {
                         be::READY_FOR_QUERY => {
-                            self.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN]).unwrap_or(TxStatus::Failed);
+                            self.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN])
+                                .unwrap_or(TxStatus::Failed);
                         }
                         be::PARAMETER_STATUS => {
                             if let Some((n, v)) = protocol::parse_parameter_status(msg) {
                                 params.push((n.to_owned(), v.to_owned()));
                             }
                         }
-                        be::ERROR_RESPONSE if is_marker_error(&self.refusals, &self.marker, msg) => {
-                            let (code, refusal) = self.refusals.pop_front().unwrap_or(("42501", String::new()));
+                        be::ERROR_RESPONSE
+                            if is_marker_error(&self.refusals, &self.marker, msg) =>
+                        {
+                            let (code, refusal) = self
+                                .refusals
+                                .pop_front()
+                                .unwrap_or(("42501", String::new()));
                             write_client(&mut self.client, &buf[sent..start]).await?;
                             let mut err = BytesMut::new();
                             protocol::put_error(&mut err, Severity::Error, code, &refusal);
@@ -637,7 +509,6 @@ impl Session<'_> {
         self.maybe_release();
         Ok(())
     }
-
 
     /// Ends the session: returns or discards the server, tells the client why if needed.
     async fn finish(&mut self, end: Result<End, ClientError>) -> Result<(), ClientError> {
@@ -680,54 +551,18 @@ impl Session<'_> {
                         fatal(&mut self.client, e).await
                     }
                     // Tell the client why (pool exhausted, upstream gone) before closing.
-                    ClientError::Checkout(_) | ClientError::Upstream(_) => fatal(&mut self.client, e).await,
+                    ClientError::Checkout(_) | ClientError::Upstream(_) => {
+                        fatal(&mut self.client, e).await
+                    }
                     e => Err(e),
                 }
             }
         }
     }
-
-    /// A Query/Parse that makes the server fail with a marker error at the same point
-    /// of the pipeline; the marker error is replaced by the refusal on the way back, so
-    /// ordering, transaction status and pipeline error handling stay PostgreSQL's own.
-    fn refusal_message(
-        &mut self,
-        tag: u8,
-        start: usize,
-        end: usize,
-        code: &'static str,
-        message: String,
-    ) -> BytesMut {
-        Metrics::inc(&self.state.metrics.guard_refusals);
-        // Logged with the statement's fingerprint, never its text or values.
-        let msg = &self.cbuf[start..end];
-        let fingerprint = crate::inspect::sql_of(msg[0], msg).and_then(crate::guard::fingerprint);
-        tracing::info!(
-            sqlstate = code,
-            reason = %message,
-            fingerprint = fingerprint.as_deref().unwrap_or("-"),
-            "statement refused"
-        );
-        self.refusals.push_back((code, message));
-        let sql = format!("SELECT {}.refused", self.marker);
-        let mut out = BytesMut::new();
-        if tag == fe::QUERY {
-            protocol::put_query(&mut out, &sql);
-        } else {
-            let name = parse_statement_name(&self.cbuf[start..end]).unwrap_or("").to_owned();
-            protocol::put_parse(&mut out, &name, &sql);
-        }
-        out
-    }
 }
 
 fn proto(e: protocol::FrameError) -> ClientError {
     ClientError::Protocol(e.to_string())
-}
-
-fn parse_statement_name(msg: &[u8]) -> Option<&str> {
-    let mut pos = 0;
-    protocol::read_cstr(protocol::body(msg), &mut pos)
 }
 
 fn wanted_up(tag: u8) -> bool {
@@ -775,18 +610,6 @@ fn all(_: u8) -> bool {
     true
 }
 
-/// pg_catalog large-object functions (fixed OIDs), which libpq calls with FunctionCall.
-const LARGE_OBJECT_FUNCTIONS: [u32; 13] = [715, 952, 953, 954, 955, 956, 957, 958, 964, 1004, 3170, 3171, 3172];
-
-fn function_oid(msg: &[u8]) -> Option<u32> {
-    let b = protocol::body(msg);
-    Some(u32::from_be_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]))
-}
-
-/// ParseComplete and CloseComplete, for replies the proxy gives itself.
-const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
-const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
-
 async fn write_client(client: &mut MaybeTls, bytes: &[u8]) -> Result<(), ClientError> {
     client.write_all(bytes).await?;
     Ok(())
@@ -798,7 +621,12 @@ pub async fn fatal<S: AsyncWrite + Unpin>(
     err: ClientError,
 ) -> Result<(), ClientError> {
     let mut buf = BytesMut::new();
-    protocol::put_error(&mut buf, Severity::Fatal, err.sqlstate(), &err.client_message());
+    protocol::put_error(
+        &mut buf,
+        Severity::Fatal,
+        err.sqlstate(),
+        &err.client_message(),
+    );
     let _ = stream.write_all(&buf).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;

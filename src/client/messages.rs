@@ -1,0 +1,263 @@
+//! What the session does with each client message it must understand: accounting in
+//! the reply pipeline, the statement guard, prepared-statement renaming under
+//! transaction pooling, and marker-based refusals.
+
+use bytes::BytesMut;
+
+use super::Session;
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::inspect::{Effect, Verdict};
+use crate::metrics::Metrics;
+use crate::pipeline::Reply;
+use crate::prepared;
+use crate::protocol::{self, frontend as fe, TxStatus};
+
+impl Session<'_> {
+    /// Accounts for one client message. Returns replacement bytes (possibly empty) when
+    /// the message must not go to the server as sent.
+    pub(super) fn on_client_message(
+        &mut self,
+        tag: u8,
+        start: usize,
+        end: usize,
+    ) -> Result<Option<BytesMut>, ClientError> {
+        let txn = self.mode == PoolMode::Transaction;
+        match tag {
+            fe::QUERY => {
+                let replacement = self.check_sql(tag, start, end);
+                self.pipeline.client(Reply::UntilReady);
+                Ok(replacement)
+            }
+            fe::PARSE => {
+                self.extended_open = true;
+                if let Some(replacement) = self.check_sql(tag, start, end) {
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(Some(replacement));
+                }
+                if !txn {
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(None);
+                }
+                let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(None);
+                };
+                let mut out = BytesMut::new();
+                if self.server_mut().statements.has(&stmt.server_name) {
+                    self.pipeline.synthetic(BytesMut::from(&PARSE_COMPLETE[..]));
+                } else {
+                    self.add_server_statement(&stmt.server_name, &mut out);
+                    out.extend_from_slice(&stmt.parse);
+                    self.pipeline.client_parse(stmt.server_name.clone());
+                }
+                Ok(Some(out))
+            }
+            fe::BIND => {
+                self.extended_open = true;
+                let replacement = if txn {
+                    self.rewrite_bind(start, end)
+                } else {
+                    None
+                };
+                self.pipeline.client(Reply::Bind);
+                Ok(replacement)
+            }
+            fe::DESCRIBE | fe::CLOSE => {
+                self.extended_open = true;
+                self.statement_target(tag, start, end)
+            }
+            fe::EXECUTE => {
+                self.extended_open = true;
+                self.pipeline.client(Reply::Execute);
+                Ok(None)
+            }
+            fe::SYNC => {
+                self.extended_open = false;
+                self.pipeline.client(Reply::UntilReady);
+                Ok(None)
+            }
+            fe::FUNCTION_CALL => {
+                self.pipeline.client(Reply::UntilReady);
+                let oid = function_oid(&self.cbuf[start..end]);
+                if oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o)) {
+                    return Ok(None);
+                }
+                // Any other function could be set_config by OID, unseen by the guard.
+                let message = format!(
+                    "rlsgate: FunctionCall messages are refused except for large-object functions \
+                     (function oid {}) (rule: function-call)",
+                    oid.unwrap_or(0)
+                );
+                Ok(Some(self.refusal_message(
+                    fe::QUERY,
+                    start,
+                    end,
+                    "42501",
+                    message,
+                )))
+            }
+            _ => Ok(None), // Flush: no reply
+        }
+    }
+
+    fn server_mut(&mut self) -> &mut crate::backend::ServerConn {
+        self.server.as_mut().expect("bound server")
+    }
+
+    /// Records a statement as prepared on the bound server, closing an evicted one.
+    fn add_server_statement(&mut self, server_name: &str, out: &mut BytesMut) {
+        if let Some(evicted) = self.server_mut().statements.add(server_name) {
+            prepared::put_statement_message(out, fe::CLOSE, &evicted);
+            self.pipeline.swallow_close();
+        }
+    }
+
+    /// Makes sure the bound server has statement `stmt` (queues its Parse ahead if not).
+    fn ensure_statement(&mut self, stmt: &prepared::Statement, out: &mut BytesMut) {
+        if !self.server_mut().statements.has(&stmt.server_name) {
+            self.add_server_statement(&stmt.server_name, out);
+            out.extend_from_slice(&stmt.parse);
+            self.pipeline.swallow_parse(stmt.server_name.clone());
+        }
+    }
+
+    fn rewrite_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
+        let (_, name) = prepared::bind_statement(&self.cbuf[start..end])?;
+        let stmt = self.statements.get(name)?.clone();
+        let mut out = BytesMut::new();
+        self.ensure_statement(&stmt, &mut out);
+        prepared::rewrite_bind(&self.cbuf[start..end], &stmt.server_name, &mut out);
+        Some(out)
+    }
+
+    /// Describe/Close of a named statement in transaction mode: renamed, or (Close)
+    /// answered by the proxy since the server keeps the statement cached.
+    fn statement_target(
+        &mut self,
+        tag: u8,
+        start: usize,
+        end: usize,
+    ) -> Result<Option<BytesMut>, ClientError> {
+        let reply = if tag == fe::DESCRIBE {
+            Reply::Describe
+        } else {
+            Reply::Close
+        };
+        let named = match prepared::target(&self.cbuf[start..end]) {
+            Some((b'S', name)) if !name.is_empty() && self.mode == PoolMode::Transaction => {
+                name.to_owned()
+            }
+            _ => {
+                self.pipeline.client(reply);
+                return Ok(None);
+            }
+        };
+        if tag == fe::CLOSE {
+            self.statements.close(&named);
+            self.pipeline.synthetic(BytesMut::from(&CLOSE_COMPLETE[..]));
+            return Ok(Some(BytesMut::new()));
+        }
+        let Some(stmt) = self.statements.get(&named).cloned() else {
+            self.pipeline.client(reply);
+            return Ok(None);
+        };
+        let mut out = BytesMut::new();
+        self.ensure_statement(&stmt, &mut out);
+        prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
+        self.pipeline.client(reply);
+        Ok(Some(out))
+    }
+
+    /// Runs the guard on a Query/Parse, records session effects (transaction mode,
+    /// outside a transaction); returns the replacement for a refused message.
+    fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Option<BytesMut> {
+        let (verdict, analysis) = self
+            .state
+            .inspector
+            .inspect_message(tag, &self.cbuf[start..end]);
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::AllowReapply => self.reapply_after_sync = true,
+            Verdict::Refuse { code, message } => {
+                return Some(self.refusal_message(tag, start, end, code, message))
+            }
+        }
+        if self.mode != PoolMode::Transaction {
+            return None;
+        }
+        let idle = self.tx == TxStatus::Idle;
+        for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
+            match effect {
+                Effect::Set { name, sql } if idle => self.ctx.remember_set(name, sql),
+                Effect::Reset(name) if idle => self.ctx.forget(name),
+                Effect::ResetAll if idle => self.ctx.forget_all(),
+                Effect::DeallocateAll => {
+                    self.statements.clear();
+                    self.server_mut().statements.clear();
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// A Query/Parse that makes the server fail with a marker error at the same point
+    /// of the pipeline; the marker error is replaced by the refusal on the way back, so
+    /// ordering, transaction status and pipeline error handling stay PostgreSQL's own.
+    fn refusal_message(
+        &mut self,
+        tag: u8,
+        start: usize,
+        end: usize,
+        code: &'static str,
+        message: String,
+    ) -> BytesMut {
+        Metrics::inc(&self.state.metrics.guard_refusals);
+        // Logged with the statement's fingerprint, never its text or values.
+        let msg = &self.cbuf[start..end];
+        let fingerprint = crate::inspect::sql_of(msg[0], msg).and_then(crate::guard::fingerprint);
+        tracing::info!(
+            sqlstate = code,
+            reason = %message,
+            fingerprint = fingerprint.as_deref().unwrap_or("-"),
+            "statement refused"
+        );
+        self.refusals.push_back((code, message));
+        let sql = format!("SELECT {}.refused", self.marker);
+        let mut out = BytesMut::new();
+        if tag == fe::QUERY {
+            protocol::put_query(&mut out, &sql);
+        } else {
+            let name = parse_statement_name(&self.cbuf[start..end])
+                .unwrap_or("")
+                .to_owned();
+            protocol::put_parse(&mut out, &name, &sql);
+        }
+        out
+    }
+}
+
+fn parse_statement_name(msg: &[u8]) -> Option<&str> {
+    let mut pos = 0;
+    protocol::read_cstr(protocol::body(msg), &mut pos)
+}
+
+/// pg_catalog large-object functions (fixed OIDs), which libpq calls with FunctionCall.
+const LARGE_OBJECT_FUNCTIONS: [u32; 13] = [
+    715, 952, 953, 954, 955, 956, 957, 958, 964, 1004, 3170, 3171, 3172,
+];
+
+fn function_oid(msg: &[u8]) -> Option<u32> {
+    let b = protocol::body(msg);
+    Some(u32::from_be_bytes([
+        *b.first()?,
+        *b.get(1)?,
+        *b.get(2)?,
+        *b.get(3)?,
+    ]))
+}
+
+/// ParseComplete and CloseComplete, for replies the proxy gives itself.
+const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
+const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
