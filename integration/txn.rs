@@ -26,7 +26,11 @@ async fn txn_env(size: usize) -> Env {
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
     msgs.iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect()),
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()
@@ -40,8 +44,22 @@ async fn clients_share_one_server_and_context_costs_nothing_when_it_matches() {
     let globex = env.connect("globex").await;
     // Two clients, one server: each transaction sees exactly its tenant.
     for _ in 0..5 {
-        assert_eq!(visible_customers(&acme).await.iter().filter(|(t, _)| t == "acme").count(), 3);
-        assert_eq!(visible_customers(&globex).await.iter().filter(|(t, _)| t == "globex").count(), 2);
+        assert_eq!(
+            visible_customers(&acme)
+                .await
+                .iter()
+                .filter(|(t, _)| t == "acme")
+                .count(),
+            3
+        );
+        assert_eq!(
+            visible_customers(&globex)
+                .await
+                .iter()
+                .filter(|(t, _)| t == "globex")
+                .count(),
+            2
+        );
         assert_eq!(visible_customers(&acme).await.len(), 3);
         assert_eq!(visible_customers(&globex).await.len(), 2);
     }
@@ -55,10 +73,19 @@ async fn clients_share_one_server_and_context_costs_nothing_when_it_matches() {
     let applied = Metrics::get(&m.context_applied);
     let reused = Metrics::get(&m.context_reused);
     for _ in 0..10 {
-        let r = rows(&acme.simple_query("SELECT current_setting('app.current_tenant')").await.unwrap());
+        let r = rows(
+            &acme
+                .simple_query("SELECT current_setting('app.current_tenant')")
+                .await
+                .unwrap(),
+        );
         assert_eq!(r, vec![vec!["acme".to_owned()]]);
     }
-    assert_eq!(Metrics::get(&m.context_applied), applied, "matching context: nothing sent");
+    assert_eq!(
+        Metrics::get(&m.context_applied),
+        applied,
+        "matching context: nothing sent"
+    );
     assert!(Metrics::get(&m.context_reused) >= reused + 10);
 
     // Alternating tenants: the context is applied on every switch, pipelined with the
@@ -67,12 +94,24 @@ async fn clients_share_one_server_and_context_costs_nothing_when_it_matches() {
     let trips = Metrics::get(&m.context_round_trips);
     let applied = Metrics::get(&m.context_applied);
     for i in 0..10 {
-        let (c, want) = if i % 2 == 0 { (&globex, "globex") } else { (&acme, "acme") };
-        let r = rows(&c.simple_query("SELECT DISTINCT tenant_id FROM customers").await.unwrap());
+        let (c, want) = if i % 2 == 0 {
+            (&globex, "globex")
+        } else {
+            (&acme, "acme")
+        };
+        let r = rows(
+            &c.simple_query("SELECT DISTINCT tenant_id FROM customers")
+                .await
+                .unwrap(),
+        );
         assert_eq!(r, vec![vec![want.to_owned()]]);
     }
     assert_eq!(Metrics::get(&m.context_applied), applied + 10);
-    assert_eq!(Metrics::get(&m.context_round_trips), trips, "no round trip for context switches");
+    assert_eq!(
+        Metrics::get(&m.context_round_trips),
+        trips,
+        "no round trip for context switches"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,13 +121,23 @@ async fn named_prepared_statements_move_between_servers() {
     let globex = env.connect("globex").await;
     // tokio-postgres prepares named statements (Parse/Describe/Sync), then runs them
     // later (Bind/Execute/Sync), possibly on another server.
-    let s_acme = acme.prepare("SELECT tenant_id, name FROM customers WHERE id > $1 ORDER BY id").await.unwrap();
-    let s_globex = globex.prepare("SELECT tenant_id, name FROM customers WHERE id > $1 ORDER BY id").await.unwrap();
+    let s_acme = acme
+        .prepare("SELECT tenant_id, name FROM customers WHERE id > $1 ORDER BY id")
+        .await
+        .unwrap();
+    let s_globex = globex
+        .prepare("SELECT tenant_id, name FROM customers WHERE id > $1 ORDER BY id")
+        .await
+        .unwrap();
     let hold = env.connect("acme").await;
     let tx_hold = hold.simple_query("BEGIN").await.unwrap();
     drop(tx_hold);
     for i in 0..50i64 {
-        let (c, s, want, n) = if i % 2 == 0 { (&acme, &s_acme, "acme", 3) } else { (&globex, &s_globex, "globex", 2) };
+        let (c, s, want, n) = if i % 2 == 0 {
+            (&acme, &s_acme, "acme", 3)
+        } else {
+            (&globex, &s_globex, "globex", 2)
+        };
         let r = c.query(s, &[&0i64]).await.unwrap();
         assert_eq!(r.len(), n, "iteration {i}");
         assert!(r.iter().all(|row| row.get::<_, String>(0) == want));
@@ -97,7 +146,10 @@ async fn named_prepared_statements_move_between_servers() {
     // Statement errors inside a pipeline do not poison the cache.
     let bad = acme.prepare("SELECT no_such_column FROM customers").await;
     assert!(bad.is_err());
-    let again = acme.query("SELECT count(*) FROM customers", &[]).await.unwrap();
+    let again = acme
+        .query("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap();
     assert_eq!(again[0].get::<_, i64>(0), 3);
 }
 
@@ -105,14 +157,28 @@ async fn named_prepared_statements_move_between_servers() {
 async fn disconnect_mid_transaction_rolls_back_before_reuse() {
     let env = txn_env(1).await;
     let a = env.connect("acme").await;
-    a.batch_execute("BEGIN; INSERT INTO customers(name) VALUES ('uncommitted'); SET LOCAL work_mem = '77MB'").await.unwrap();
+    a.batch_execute(
+        "BEGIN; INSERT INTO customers(name) VALUES ('uncommitted'); SET LOCAL work_mem = '77MB'",
+    )
+    .await
+    .unwrap();
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let b = env.connect("globex").await;
     let r = rows(&b.simple_query("SELECT current_setting('work_mem'), current_setting('app.current_tenant'), (SELECT count(*) FROM customers)").await.unwrap());
-    assert_eq!(r, vec![vec!["4MB".to_owned(), "globex".to_owned(), "2".to_owned()]]);
+    assert_eq!(
+        r,
+        vec![vec!["4MB".to_owned(), "globex".to_owned(), "2".to_owned()]]
+    );
     let admin = env.admin().await;
-    let n: i64 = admin.query_one("SELECT count(*) FROM customers WHERE name = 'uncommitted'", &[]).await.unwrap().get(0);
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM customers WHERE name = 'uncommitted'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 }
 
@@ -208,22 +274,43 @@ async fn forty_clients_eight_tenants_random_transactions() {
     }
     let mut expected: HashMap<String, i64> = HashMap::new();
     for t in tasks {
-        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t).await.expect("bounded").unwrap();
+        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t)
+            .await
+            .expect("bounded")
+            .unwrap();
         *expected.entry(tenant).or_default() += n;
     }
-    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows or context of another tenant were seen");
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "rows or context of another tenant were seen"
+    );
     let admin = env.admin().await;
     for (tenant, n) in expected {
         let got: i64 = admin
-            .query_one("SELECT count(*) FROM ledger WHERE tenant_id = $1", &[&tenant])
+            .query_one(
+                "SELECT count(*) FROM ledger WHERE tenant_id = $1",
+                &[&tenant],
+            )
             .await
             .unwrap()
             .get(0);
         assert_eq!(got, n, "tenant {tenant}");
     }
-    let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
+    let bad: i64 = admin
+        .query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
-    assert!(env.proxy.state.metrics.clients_active.load(Ordering::Relaxed) >= 0);
+    assert!(
+        env.proxy
+            .state
+            .metrics
+            .clients_active
+            .load(Ordering::Relaxed)
+            >= 0
+    );
 }
 
 /// A client's SET outside a transaction follows it to every later transaction (on any
@@ -233,18 +320,40 @@ async fn session_settings_follow_the_client_and_only_it() {
     let env = txn_env(2).await;
     let a = env.connect("acme").await;
     let b = env.connect("globex").await;
-    a.batch_execute("SET search_path TO pg_catalog, public").await.unwrap();
-    a.batch_execute("SET TimeZone = 'Asia/Tokyo'").await.unwrap();
-    a.batch_execute("SET LOCAL work_mem = '99MB'").await.unwrap(); // outside a txn: no effect
+    a.batch_execute("SET search_path TO pg_catalog, public")
+        .await
+        .unwrap();
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    a.batch_execute("SET LOCAL work_mem = '99MB'")
+        .await
+        .unwrap(); // outside a txn: no effect
     let hold = env.connect("globex").await;
     for i in 0..20 {
         // Keep one server busy half of the time so transactions land on different servers.
         if i % 2 == 0 {
             hold.batch_execute("BEGIN").await.unwrap();
         }
-        let r = rows(&a.simple_query("SHOW search_path; SHOW TimeZone; SHOW work_mem").await.unwrap());
-        assert_eq!(r, vec![vec!["pg_catalog, public".to_owned()], vec!["Asia/Tokyo".to_owned()], vec!["4MB".to_owned()]], "a, {i}");
-        let r = rows(&b.simple_query("SHOW search_path; SHOW TimeZone").await.unwrap());
+        let r = rows(
+            &a.simple_query("SHOW search_path; SHOW TimeZone; SHOW work_mem")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            r,
+            vec![
+                vec!["pg_catalog, public".to_owned()],
+                vec!["Asia/Tokyo".to_owned()],
+                vec!["4MB".to_owned()]
+            ],
+            "a, {i}"
+        );
+        let r = rows(
+            &b.simple_query("SHOW search_path; SHOW TimeZone")
+                .await
+                .unwrap(),
+        );
         assert_eq!(r[0][0], "\"$user\", public", "b, {i}");
         assert_ne!(r[1][0], "Asia/Tokyo", "b, {i}");
         if i % 2 == 0 {
@@ -254,8 +363,18 @@ async fn session_settings_follow_the_client_and_only_it() {
     // RESET forgets; RESET ALL keeps the tenant.
     a.batch_execute("RESET TimeZone").await.unwrap();
     a.batch_execute("RESET ALL").await.unwrap();
-    let r = rows(&a.simple_query("SHOW search_path; SHOW app.current_tenant").await.unwrap());
-    assert_eq!(r, vec![vec!["\"$user\", public".to_owned()], vec!["acme".to_owned()]]);
+    let r = rows(
+        &a.simple_query("SHOW search_path; SHOW app.current_tenant")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        r,
+        vec![
+            vec!["\"$user\", public".to_owned()],
+            vec!["acme".to_owned()]
+        ]
+    );
 }
 
 /// Features that need one server for the whole session are refused with 0A000 in
@@ -266,7 +385,10 @@ async fn session_only_features_are_refused_with_0a000() {
     let c = env.connect("acme").await;
     for (sql, names) in [
         ("LISTEN jobs", "LISTEN"),
-        ("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT", "WITH HOLD"),
+        (
+            "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+            "WITH HOLD",
+        ),
         ("SELECT pg_advisory_lock(42)", "advisory lock"),
         ("CREATE TEMP TABLE scratch (x int)", "temporary table"),
         ("PREPARE p AS SELECT 1", "PREPARE"),
@@ -274,7 +396,10 @@ async fn session_only_features_are_refused_with_0a000() {
         let err = c.batch_execute(sql).await.unwrap_err();
         let (code, msg) = crate::harness::db_error(&err);
         assert_eq!(code, "0A000", "{sql}: {msg}");
-        assert!(msg.contains(names) && msg.contains("session"), "{sql}: {msg}");
+        assert!(
+            msg.contains(names) && msg.contains("session"),
+            "{sql}: {msg}"
+        );
         let _ = c.batch_execute("ROLLBACK").await;
     }
     // The transaction-scoped variants work.
@@ -296,10 +421,26 @@ async fn pgbench_all_protocols_through_transaction_mode() {
     let env = txn_env(2).await;
     let pgbench = env.pg.bin_dir().join("pgbench");
     let init = std::process::Command::new(&pgbench)
-        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", &env.pg.port().to_string(), "-U", "postgres", "app"])
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.pg.port().to_string(),
+            "-U",
+            "postgres",
+            "app",
+        ])
         .output()
         .expect("pgbench is installed (postgresql-contrib)");
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     env.pg
         .psql(
             "app",
@@ -313,30 +454,59 @@ async fn pgbench_all_protocols_through_transaction_mode() {
     for mode in ["simple", "extended", "prepared"] {
         let out = std::process::Command::new(&pgbench)
             .args(["-n", "-c", "8", "-j", "2", "-t", "200", "-M", mode, "-S"])
-            .args(["-h", "127.0.0.1", "-p", &env.port().to_string(), "-U", "bench", "app"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &env.port().to_string(),
+                "-U",
+                "bench",
+                "app",
+            ])
             .env("PGPASSWORD", env.token("acme"))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "-M {mode}: {stdout}\n{stderr}");
-        assert!(stdout.contains("number of transactions actually processed: 1600/1600"), "-M {mode}: {stdout}");
-        assert!(!stdout.contains("number of failed transactions: 1") && !stderr.contains("ERROR"), "-M {mode}: {stderr}");
+        assert!(
+            stdout.contains("number of transactions actually processed: 1600/1600"),
+            "-M {mode}: {stdout}"
+        );
+        assert!(
+            !stdout.contains("number of failed transactions: 1") && !stderr.contains("ERROR"),
+            "-M {mode}: {stderr}"
+        );
     }
     // And a write workload (TPC-B-like) in all modes.
     for mode in ["simple", "extended", "prepared"] {
         let out = std::process::Command::new(&pgbench)
             .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", mode])
-            .args(["-h", "127.0.0.1", "-p", &env.port().to_string(), "-U", "bench", "app"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &env.port().to_string(),
+                "-U",
+                "bench",
+                "app",
+            ])
             .env("PGPASSWORD", env.token("acme"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "-M {mode}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "-M {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Every account update went to the token's tenant's rows or none (RLS): globex untouched.
     let admin = env.admin().await;
     let changed: i64 = admin
-        .query_one("SELECT count(*) FROM pgbench_accounts WHERE tenant_id = 'globex' AND abalance <> 0", &[])
+        .query_one(
+            "SELECT count(*) FROM pgbench_accounts WHERE tenant_id = 'globex' AND abalance <> 0",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -371,8 +541,14 @@ async fn forty_clients_prepared_statements_random_transactions() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + client_no as u64);
             let mut committed = 0i64;
             let mut c = env.connect(&tenant).await;
-            let mut read = c.prepare("SELECT DISTINCT tenant_id FROM ledger").await.unwrap();
-            let mut ins = c.prepare("INSERT INTO ledger (client, n) VALUES ($1, $2)").await.unwrap();
+            let mut read = c
+                .prepare("SELECT DISTINCT tenant_id FROM ledger")
+                .await
+                .unwrap();
+            let mut ins = c
+                .prepare("INSERT INTO ledger (client, n) VALUES ($1, $2)")
+                .await
+                .unwrap();
             for _ in 0..500 {
                 match rng.random_range(0..100) {
                     0..=44 => {
@@ -397,7 +573,10 @@ async fn forty_clients_prepared_statements_random_transactions() {
                     }
                     85..=89 => {
                         let err = c
-                            .execute("INSERT INTO ledger (tenant_id, client, n) VALUES ($1, $2, 5)", &[&other, &client_no])
+                            .execute(
+                                "INSERT INTO ledger (tenant_id, client, n) VALUES ($1, $2, 5)",
+                                &[&other, &client_no],
+                            )
                             .await
                             .unwrap_err();
                         assert_eq!(err.code().map(|c| c.code()), Some("42501"));
@@ -408,8 +587,14 @@ async fn forty_clients_prepared_statements_random_transactions() {
                         c.execute(&ins, &[&client_no, &7i32]).await.unwrap();
                         drop((c, read, ins));
                         c = env.connect(&tenant).await;
-                        read = c.prepare("SELECT DISTINCT tenant_id FROM ledger").await.unwrap();
-                        ins = c.prepare("INSERT INTO ledger (client, n) VALUES ($1, $2)").await.unwrap();
+                        read = c
+                            .prepare("SELECT DISTINCT tenant_id FROM ledger")
+                            .await
+                            .unwrap();
+                        ins = c
+                            .prepare("INSERT INTO ledger (client, n) VALUES ($1, $2)")
+                            .await
+                            .unwrap();
                     }
                 }
             }
@@ -418,19 +603,56 @@ async fn forty_clients_prepared_statements_random_transactions() {
     }
     let mut expected: HashMap<String, i64> = HashMap::new();
     for t in tasks {
-        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t).await.expect("bounded").unwrap();
+        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t)
+            .await
+            .expect("bounded")
+            .unwrap();
         *expected.entry(tenant).or_default() += n;
     }
-    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows of another tenant were seen");
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "rows of another tenant were seen"
+    );
     let admin = env.admin().await;
     for (tenant, n) in expected {
         let got: i64 = admin
-            .query_one("SELECT count(*) FROM ledger WHERE tenant_id = $1", &[&tenant])
+            .query_one(
+                "SELECT count(*) FROM ledger WHERE tenant_id = $1",
+                &[&tenant],
+            )
             .await
             .unwrap()
             .get(0);
         assert_eq!(got, n, "tenant {tenant}");
     }
-    let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
+    let bad: i64 = admin
+        .query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
+}
+
+/// A client's own Parse is always a fresh prepare, even when the server holds the same
+/// text from before a schema change (as it would be directly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reparse_after_ddl_sees_the_new_shape() {
+    let env = txn_env(1).await;
+    env.pg
+        .psql(
+            "app",
+            "CREATE TABLE shapes (id int PRIMARY KEY, a int); INSERT INTO shapes VALUES (1, 10);
+             GRANT SELECT ON shapes TO app_rls;",
+        )
+        .unwrap();
+    let c = env.connect("acme").await;
+    let s1 = c.prepare("SELECT * FROM shapes").await.unwrap();
+    assert_eq!(c.query(&s1, &[]).await.unwrap()[0].len(), 2);
+    drop(s1);
+    env.pg.psql("app", "ALTER TABLE shapes ADD COLUMN b text DEFAULT 'x'").unwrap();
+    let s2 = c.prepare("SELECT * FROM shapes").await.unwrap();
+    assert_eq!(s2.columns().len(), 3, "fresh prepare after ALTER TABLE");
+    let rows = c.query(&s2, &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(2), "x");
 }

@@ -229,7 +229,9 @@ impl ServerConn {
     /// Reads one whole message (the proxy's own exchanges; forwarding streams instead).
     async fn next_message(&mut self) -> Result<(u8, BytesMut), BackendError> {
         loop {
-            if let Some((tag, len)) = protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))? {
+            if let Some((tag, len)) =
+                protocol::header(&self.rbuf).map_err(|e| proto_msg(&e.to_string()))?
+            {
                 if self.rbuf.len() >= len {
                     return Ok((tag, self.rbuf.split_to(len)));
                 }
@@ -307,7 +309,9 @@ impl ServerConn {
             let (tag, msg) = self.next_message().await?;
             match tag {
                 b'D' if row.is_none() => row = Some(parse_data_row(&msg)),
-                protocol::backend::ERROR_RESPONSE => error = Some(protocol::parse_error_fields(&msg)),
+                protocol::backend::ERROR_RESPONSE => {
+                    error = Some(protocol::parse_error_fields(&msg))
+                }
                 protocol::backend::READY_FOR_QUERY => break,
                 _ => {}
             }

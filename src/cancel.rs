@@ -2,7 +2,12 @@
 //! (pid, secret) to the client's current upstream backend only.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Serialises forwarding a cancel with the session leaving its backend: a session takes
+/// it before it returns a server, a cancel holds it while it is delivered, so a cancel
+/// never reaches a backend that already serves someone else.
+pub type CancelGate = Arc<tokio::sync::Mutex<()>>;
 
 /// The upstream backend a client key currently points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,18 +19,24 @@ pub struct CancelTarget {
 /// Registry of live client cancel keys.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), Option<CancelTarget>>>,
+    map: Mutex<HashMap<(i32, i32), (Option<CancelTarget>, CancelGate)>>,
 }
 
 impl CancelRegistry {
     /// A fresh random secret that is not in use together with `pid`.
     pub fn issue(&self, pid: i32, target: Option<CancelTarget>) -> i32 {
+        self.issue_with_gate(pid, target).0
+    }
+
+    /// Like [`issue`](Self::issue), also returning the key's gate.
+    pub fn issue_with_gate(&self, pid: i32, target: Option<CancelTarget>) -> (i32, CancelGate) {
         let mut map = self.map.lock().expect("cancel registry poisoned");
         loop {
             let secret: i32 = rand::random();
             if let std::collections::hash_map::Entry::Vacant(v) = map.entry((pid, secret)) {
-                v.insert(target);
-                return secret;
+                let gate = CancelGate::default();
+                v.insert((target, gate.clone()));
+                return (secret, gate);
             }
         }
     }
@@ -33,13 +44,19 @@ impl CancelRegistry {
     /// Looks up the backend a client's key currently points at.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let map = self.map.lock().expect("cancel registry poisoned");
-        map.get(&(pid, secret)).copied().flatten()
+        map.get(&(pid, secret)).and_then(|(t, _)| *t)
+    }
+
+    /// The gate of a live key.
+    pub fn gate(&self, pid: i32, secret: i32) -> Option<CancelGate> {
+        let map = self.map.lock().expect("cancel registry poisoned");
+        map.get(&(pid, secret)).map(|(_, g)| g.clone())
     }
 
     /// Points a client's key at its current backend (or none, between transactions).
     pub fn retarget(&self, pid: i32, secret: i32, target: Option<CancelTarget>) {
         let mut map = self.map.lock().expect("cancel registry poisoned");
-        if let Some(t) = map.get_mut(&(pid, secret)) {
+        if let Some((t, _)) = map.get_mut(&(pid, secret)) {
             *t = target;
         }
     }

@@ -106,7 +106,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve { config, allow_unsafe_upstream } => serve(config, allow_unsafe_upstream),
+        Command::Serve {
+            config,
+            allow_unsafe_upstream,
+        } => serve(config, allow_unsafe_upstream),
         Command::CheckConfig { config } => check_config(config),
         Command::Token(args) => token(*args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::demo::run(args))),

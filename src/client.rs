@@ -85,6 +85,14 @@ struct Session<'s> {
     marker: String,
     /// Re-apply the context after the client's next sync point.
     reapply_after_sync: bool,
+    /// The client's last unnamed Parse (transaction mode), and whether the bound server
+    /// has it (parsed by this client since the server was bound).
+    unnamed: Option<BytesMut>,
+    unnamed_here: bool,
+    /// A FATAL ErrorResponse from the server was forwarded (no second FATAL of ours).
+    server_fatal: bool,
+    /// Held while the session leaves a backend, so no cancel of ours is in flight.
+    cancel_gate: crate::cancel::CancelGate,
 }
 
 /// Runs an authenticated client's session to its end.
@@ -118,7 +126,7 @@ pub async fn run_session(
         server_pid: server.pid(),
         server_secret: server.secret(),
     };
-    let secret = state.cancel.issue(pid, Some(target));
+    let (secret, cancel_gate) = state.cancel.issue_with_gate(pid, Some(target));
     let _key = KeyGuard { state, pid, secret };
 
     let mut out = BytesMut::with_capacity(512);
@@ -157,6 +165,10 @@ pub async fn run_session(
         refusals: VecDeque::new(),
         marker: format!("rlsgate_refused_{:08x}", rand::random::<u32>()),
         reapply_after_sync: false,
+        unnamed: None,
+        unnamed_here: false,
+        server_fatal: false,
+        cancel_gate,
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -385,13 +397,15 @@ impl Session<'_> {
     }
 
     /// Transaction mode: returns the server once the client is idle at a boundary.
-    fn maybe_release(&mut self) {
+    async fn maybe_release(&mut self) {
         if self.mode != PoolMode::Transaction || !self.at_boundary() || self.tx != TxStatus::Idle {
             return;
         }
         if let Some(mut obj) = self.server.take() {
             // The server now holds the client's context including any SET it just ran.
             obj.context = Some(self.ctx.fingerprint());
+            let gate = self.cancel_gate.clone();
+            let _held = gate.lock().await;
             self.state.cancel.retarget(self.key.0, self.key.1, None);
             self.state.pool.release(obj);
         }
@@ -491,6 +505,10 @@ impl Session<'_> {
                             write_client(&mut self.client, &err).await?;
                             sent = end;
                         }
+                        be::ERROR_RESPONSE => {
+                            let f = protocol::parse_error_fields(msg);
+                            self.server_fatal |= f.severity == "FATAL" || f.severity == "PANIC";
+                        }
                         _ => {}
                     }
                     continue;
@@ -506,7 +524,7 @@ impl Session<'_> {
             server.note_parameter(&n, &v);
         }
         self.client.flush().await?;
-        self.maybe_release();
+        self.maybe_release().await;
         Ok(())
     }
 
@@ -517,6 +535,12 @@ impl Session<'_> {
         let mut server = self.server.take();
         if let Some(s) = server.as_mut() {
             s.tx = self.tx;
+        }
+        {
+            // No cancel may reach the backend once it goes back to the pool.
+            let gate = self.cancel_gate.clone();
+            let _held = gate.lock().await;
+            self.state.cancel.remove(self.key.0, self.key.1);
         }
         let pool = &self.state.pool;
         match end {
@@ -535,6 +559,11 @@ impl Session<'_> {
             Ok(End::ServerEof) => {
                 if let Some(s) = server {
                     pool.discard(s, "server closed the connection").await;
+                }
+                if self.server_fatal {
+                    // The client already has the server's own FATAL (e.g. 57P01).
+                    let _ = self.client.shutdown().await;
+                    return Ok(());
                 }
                 let err = ClientError::Upstream(BackendError::Protocol(
                     "server closed the connection unexpectedly".into(),

@@ -426,7 +426,10 @@ impl TenantConfig {
             }
         };
         if secret.len() < 16 {
-            return Err(ConfigError::invalid("tenant.seal_secret_env", "seal secret must be at least 16 bytes"));
+            return Err(ConfigError::invalid(
+                "tenant.seal_secret_env",
+                "seal secret must be at least 16 bytes",
+            ));
         }
         Ok(Some(secret.into_bytes()))
     }

@@ -26,14 +26,20 @@ pub enum Verdict {
     /// Allowed, but the tenant context must be re-applied right after it.
     AllowReapply,
     /// Refused with this SQLSTATE and message.
-    Refuse { code: &'static str, message: String },
+    Refuse {
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// A session-level change the statement makes (outside `SET LOCAL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `SET name ...`: the statement text, to replay on another server.
-    Set { name: String, sql: String },
+    Set {
+        name: String,
+        sql: String,
+    },
     Reset(String),
     ResetAll,
     /// `DISCARD ALL` / `DEALLOCATE ALL`: the server drops every prepared statement.
@@ -56,9 +62,24 @@ pub struct Analysis {
 /// backslash the `standard_conforming_strings` trick). A statement with none of them,
 /// owned setting names and denied relations included, is allowed without parsing.
 const TRIGGERS: &[&str] = &[
-    "set", "do", "function", "procedure", "alter", "role", "authorization", "discard",
-    "deallocate", "listen", "hold", "advisory", "temp", "prepare", "execute", "pg_stat",
-    "u&", "\\",
+    "set",
+    "do",
+    "function",
+    "procedure",
+    "alter",
+    "role",
+    "authorization",
+    "discard",
+    "deallocate",
+    "listen",
+    "hold",
+    "advisory",
+    "temp",
+    "prepare",
+    "execute",
+    "pg_stat",
+    "u&",
+    "\\",
 ];
 
 /// The guard plus the analysis cache.
@@ -81,14 +102,19 @@ impl Inspector {
             mode,
             cache: Mutex::new(HashMap::new()),
             names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
-            plain: Arc::new(Analysis { guard: guard::Verdict::Allow, effects: Vec::new(), session_only: None }),
+            plain: Arc::new(Analysis {
+                guard: guard::Verdict::Allow,
+                effects: Vec::new(),
+                session_only: None,
+            }),
         }
     }
 
     /// True when `sql` contains any trigger word and must be parsed.
     fn needs_parse(&self, sql: &str) -> bool {
         let lower = sql.to_ascii_lowercase();
-        TRIGGERS.iter().any(|t| lower.contains(t)) || self.names.iter().any(|n| lower.contains(n.as_str()))
+        TRIGGERS.iter().any(|t| lower.contains(t))
+            || self.names.iter().any(|n| lower.contains(n.as_str()))
     }
 
     pub fn guard(&self) -> Option<&Guard> {
@@ -105,9 +131,16 @@ impl Inspector {
             return self.plain.clone();
         }
         let analysis = Arc::new(Analysis {
-            guard: self.guard.as_ref().map_or(guard::Verdict::Allow, |g| g.check(sql)),
+            guard: self
+                .guard
+                .as_ref()
+                .map_or(guard::Verdict::Allow, |g| g.check(sql)),
             effects: effects(sql),
-            session_only: if self.mode == PoolMode::Transaction { session_only(sql) } else { None },
+            session_only: if self.mode == PoolMode::Transaction {
+                session_only(sql)
+            } else {
+                None
+            },
         });
         if sql.len() <= CACHE_MAX_SQL {
             let mut cache = self.cache.lock().expect("inspect cache poisoned");
@@ -164,9 +197,15 @@ fn statements(sql: &str) -> Vec<(protobuf::node::Node, &str)> {
     };
     let mut out = Vec::new();
     for raw in parsed.protobuf.stmts {
-        let Some(node) = raw.stmt.and_then(|n| n.node) else { continue };
+        let Some(node) = raw.stmt.and_then(|n| n.node) else {
+            continue;
+        };
         let start = raw.stmt_location.max(0) as usize;
-        let end = if raw.stmt_len == 0 { sql.len() } else { start + raw.stmt_len as usize };
+        let end = if raw.stmt_len == 0 {
+            sql.len()
+        } else {
+            start + raw.stmt_len as usize
+        };
         let text = sql.get(start..end.min(sql.len())).unwrap_or("").trim();
         out.push((node, text));
     }
@@ -182,7 +221,10 @@ pub fn effects(sql: &str) -> Vec<Effect> {
                 let name = v.name.to_ascii_lowercase();
                 match VariableSetKind::try_from(v.kind) {
                     Ok(VariableSetKind::VarSetValue | VariableSetKind::VarSetCurrent) => {
-                        out.push(Effect::Set { name, sql: text.to_owned() })
+                        out.push(Effect::Set {
+                            name,
+                            sql: text.to_owned(),
+                        })
                     }
                     Ok(VariableSetKind::VarSetDefault | VariableSetKind::VarReset) => {
                         out.push(Effect::Reset(name))
@@ -191,7 +233,9 @@ pub fn effects(sql: &str) -> Vec<Effect> {
                     _ => {}
                 }
             }
-            protobuf::node::Node::DiscardStmt(d) if d.target == protobuf::DiscardMode::DiscardAll as i32 => {
+            protobuf::node::Node::DiscardStmt(d)
+                if d.target == protobuf::DiscardMode::DiscardAll as i32 =>
+            {
                 out.push(Effect::ResetAll);
                 out.push(Effect::DeallocateAll);
             }
@@ -209,15 +253,21 @@ pub fn session_only(sql: &str) -> Option<&'static str> {
     for (node, _, _, _) in parsed.protobuf.nodes() {
         let found = match node {
             NodeRef::ListenStmt(_) => Some("LISTEN"),
-            NodeRef::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => Some("DECLARE ... WITH HOLD"),
+            NodeRef::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => {
+                Some("DECLARE ... WITH HOLD")
+            }
             NodeRef::PrepareStmt(_) | NodeRef::ExecuteStmt(_) => {
                 Some("SQL-level PREPARE/EXECUTE (use protocol-level prepared statements)")
             }
-            NodeRef::CreateStmt(c) if is_temp(c.relation.as_ref()) && !drops_on_commit(c.oncommit) => {
+            NodeRef::CreateStmt(c)
+                if is_temp(c.relation.as_ref()) && !drops_on_commit(c.oncommit) =>
+            {
                 Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
             }
             NodeRef::CreateTableAsStmt(c)
-                if c.into.as_ref().is_some_and(|i| is_temp(i.rel.as_ref()) && !drops_on_commit(i.on_commit)) =>
+                if c.into
+                    .as_ref()
+                    .is_some_and(|i| is_temp(i.rel.as_ref()) && !drops_on_commit(i.on_commit)) =>
             {
                 Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
             }
@@ -242,11 +292,18 @@ fn drops_on_commit(action: i32) -> bool {
 }
 
 fn is_session_advisory_lock(f: &protobuf::FuncCall) -> bool {
-    let Some(last) = f.funcname.last().and_then(|n| n.node.as_ref()) else { return false };
-    let protobuf::node::Node::String(s) = last else { return false };
+    let Some(last) = f.funcname.last().and_then(|n| n.node.as_ref()) else {
+        return false;
+    };
+    let protobuf::node::Node::String(s) = last else {
+        return false;
+    };
     matches!(
         s.sval.to_ascii_lowercase().as_str(),
-        "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"
+        "pg_advisory_lock"
+            | "pg_advisory_lock_shared"
+            | "pg_try_advisory_lock"
+            | "pg_try_advisory_lock_shared"
     )
 }
 
@@ -259,20 +316,35 @@ mod tests {
         assert_eq!(
             effects("SET search_path TO a, \"B\"; SET LOCAL work_mem = '1MB'; RESET TimeZone"),
             vec![
-                Effect::Set { name: "search_path".into(), sql: "SET search_path TO a, \"B\"".into() },
+                Effect::Set {
+                    name: "search_path".into(),
+                    sql: "SET search_path TO a, \"B\"".into()
+                },
                 Effect::Reset("timezone".into()),
             ]
         );
-        assert_eq!(effects("DISCARD ALL"), vec![Effect::ResetAll, Effect::DeallocateAll]);
+        assert_eq!(
+            effects("DISCARD ALL"),
+            vec![Effect::ResetAll, Effect::DeallocateAll]
+        );
         assert_eq!(effects("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
         assert_eq!(effects("reset all"), vec![Effect::ResetAll]);
-        assert_eq!(effects("SET TIME ZONE 'UTC'"), vec![Effect::Set { name: "timezone".into(), sql: "SET TIME ZONE 'UTC'".into() }]);
+        assert_eq!(
+            effects("SET TIME ZONE 'UTC'"),
+            vec![Effect::Set {
+                name: "timezone".into(),
+                sql: "SET TIME ZONE 'UTC'".into()
+            }]
+        );
         assert!(effects("SELECT 1").is_empty());
     }
 
     #[test]
     fn fast_path_only_for_statements_without_trigger_words() {
-        let names = vec!["app.current_tenant".to_owned(), "pg_stat_activity".to_owned()];
+        let names = vec![
+            "app.current_tenant".to_owned(),
+            "pg_stat_activity".to_owned(),
+        ];
         let i = Inspector::new(None, PoolMode::Transaction, &names);
         assert!(!i.needs_parse("SELECT abalance FROM pgbench_accounts WHERE aid = 42"));
         assert!(!i.needs_parse("INSERT INTO t (a) VALUES (1) RETURNING id"));

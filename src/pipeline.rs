@@ -58,7 +58,9 @@ pub enum Disposition {
     Forward,
     Swallow,
     /// An ErrorResponse answering a proxy statement.
-    ProxyError { critical: bool },
+    ProxyError {
+        critical: bool,
+    },
 }
 
 /// The queue of expected replies.
@@ -94,7 +96,8 @@ impl Pipeline {
 
     /// A proxy Parse (of statement `name`) whose ParseComplete is consumed.
     pub fn swallow_parse(&mut self, name: String) {
-        self.q.push_back(Expect::SwallowOne(Reply::Parse, Some(name)));
+        self.q
+            .push_back(Expect::SwallowOne(Reply::Parse, Some(name)));
     }
 
     /// Statement names that the server did not prepare after all.
@@ -108,7 +111,10 @@ impl Pipeline {
 
     /// True when the next server message belongs to the proxy (and must be read whole).
     pub fn front_is_proxy(&self) -> bool {
-        matches!(self.q.front(), Some(Expect::Proxy { .. } | Expect::SwallowOne(..)))
+        matches!(
+            self.q.front(),
+            Some(Expect::Proxy { .. } | Expect::SwallowOne(..))
+        )
     }
 
     /// Synthetic replies that are due now (nothing the server owes comes before them).
@@ -129,9 +135,9 @@ impl Pipeline {
         };
         let disposition = match front {
             Expect::Client(..) | Expect::Synthetic(_) => Disposition::Forward,
-            Expect::Proxy { critical } if tag == be::ERROR_RESPONSE => {
-                Disposition::ProxyError { critical: *critical }
-            }
+            Expect::Proxy { critical } if tag == be::ERROR_RESPONSE => Disposition::ProxyError {
+                critical: *critical,
+            },
             Expect::Proxy { .. } => Disposition::Swallow,
             // A failing injected Parse/Close: the client must see why its statement failed.
             Expect::SwallowOne(..) if tag == be::ERROR_RESPONSE => Disposition::Forward,
@@ -168,7 +174,10 @@ impl Pipeline {
             Some(Expect::Proxy { .. }) => {}
             _ => {
                 while let Some(e) = self.q.front() {
-                    if matches!(e, Expect::Client(Reply::UntilReady, _) | Expect::Proxy { .. }) {
+                    if matches!(
+                        e,
+                        Expect::Client(Reply::UntilReady, _) | Expect::Proxy { .. }
+                    ) {
                         break;
                     }
                     if let Some(Expect::Client(_, Some(name)) | Expect::SwallowOne(_, Some(name))) =
@@ -214,7 +223,10 @@ mod tests {
         for tag in [b'1', b'2', b'D', b'C'] {
             assert_eq!(p.on_message(tag), Disposition::Swallow);
         }
-        assert_eq!(p.on_message(b'E'), Disposition::ProxyError { critical: true });
+        assert_eq!(
+            p.on_message(b'E'),
+            Disposition::ProxyError { critical: true }
+        );
         assert_eq!(p.on_message(b'Z'), Disposition::Swallow);
         assert_eq!(p.on_message(b'T'), Disposition::Forward);
         assert_eq!(p.on_message(b'Z'), Disposition::Forward);
@@ -230,7 +242,10 @@ mod tests {
         p.client(Reply::UntilReady);
         assert!(p.take_synthetic().is_none());
         assert_eq!(p.on_message(b'E'), Disposition::Forward);
-        assert!(p.take_synthetic().is_none(), "skipped with the rest of the pipeline");
+        assert!(
+            p.take_synthetic().is_none(),
+            "skipped with the rest of the pipeline"
+        );
         assert_eq!(p.on_message(b'Z'), Disposition::Forward);
         assert!(p.is_empty());
     }

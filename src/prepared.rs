@@ -79,7 +79,9 @@ pub struct ServerStatements {
 
 impl Default for ServerStatements {
     fn default() -> Self {
-        Self { lru: LruCache::new(NonZeroUsize::new(SERVER_CACHE_SIZE).expect("non-zero")) }
+        Self {
+            lru: LruCache::new(NonZeroUsize::new(SERVER_CACHE_SIZE).expect("non-zero")),
+        }
     }
 }
 
@@ -91,7 +93,9 @@ impl ServerStatements {
 
     /// Records a statement; returns the one evicted to make room, to be closed.
     pub fn add(&mut self, name: &str) -> Option<String> {
-        self.lru.push(name.to_owned(), ()).and_then(|(k, _)| (k != name).then_some(k))
+        self.lru
+            .push(name.to_owned(), ())
+            .and_then(|(k, _)| (k != name).then_some(k))
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -160,7 +164,10 @@ mod tests {
         let sa = cs.on_parse(&a).unwrap();
         let sb = cs.on_parse(&b).unwrap();
         assert_eq!(sa.server_name, sb.server_name);
-        assert_eq!(crate::inspect::sql_of(fe::PARSE, &sa.parse), Some("SELECT $1"));
+        assert_eq!(
+            crate::inspect::sql_of(fe::PARSE, &sa.parse),
+            Some("SELECT $1")
+        );
         let mut unnamed = BytesMut::new();
         protocol::put_parse(&mut unnamed, "", "SELECT 1");
         assert!(cs.on_parse(&unnamed).is_none());
@@ -168,7 +175,9 @@ mod tests {
 
     #[test]
     fn server_lru_evicts_oldest() {
-        let mut s = ServerStatements { lru: LruCache::new(NonZeroUsize::new(2).unwrap()) };
+        let mut s = ServerStatements {
+            lru: LruCache::new(NonZeroUsize::new(2).unwrap()),
+        };
         assert_eq!(s.add("a"), None);
         assert_eq!(s.add("b"), None);
         assert!(s.has("a"));

@@ -278,7 +278,11 @@ impl Server {
 async fn check_upstream_role(state: &State) -> Result<(), ServerError> {
     let connector = &state.pool.connector;
     let role = connector.target.user.clone();
-    let conn = tokio::time::timeout(connector.target.connect_timeout, backend::ServerConn::connect(connector)).await;
+    let conn = tokio::time::timeout(
+        connector.target.connect_timeout,
+        backend::ServerConn::connect(connector),
+    )
+    .await;
     let mut conn = match conn {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -301,7 +305,10 @@ async fn check_upstream_role(state: &State) -> Result<(), ServerError> {
             return Ok(());
         }
     };
-    let why = match (row.first().cloned().flatten().as_deref(), row.get(1).cloned().flatten().as_deref()) {
+    let why = match (
+        row.first().cloned().flatten().as_deref(),
+        row.get(1).cloned().flatten().as_deref(),
+    ) {
         (Some("true"), _) => Some("a superuser"),
         (_, Some("true")) => Some("BYPASSRLS"),
         _ => None,
@@ -388,6 +395,13 @@ async fn serve_client(state: &State, incoming: Incoming, terminate: Cancellation
 }
 
 async fn handle_cancel(state: &State, pid: i32, secret: i32) {
+    // Deliver under the key's gate, and look the target up again once inside it: the
+    // session may have left its backend meanwhile (see `cancel::CancelGate`).
+    let gate = state.cancel.gate(pid, secret);
+    let _held = match &gate {
+        Some(g) => Some(g.lock().await),
+        None => None,
+    };
     match state.cancel.lookup(pid, secret) {
         Some(t) => {
             Metrics::inc(&state.metrics.cancels_forwarded);

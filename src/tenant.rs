@@ -25,7 +25,24 @@ pub enum ContextError {
 
 /// Client encodings whose multi-byte characters may contain the byte of an ASCII quote
 /// or backslash: PostgreSQL refuses them as server encodings for the same reason.
-const UNSAFE_ENCODINGS: &[&str] = &["sjis", "shift_jis", "big5", "gbk", "gb18030", "uhc", "johab", "mskanji", "win932", "win936", "win949", "win950", "cp932", "cp936", "cp949", "cp950"];
+const UNSAFE_ENCODINGS: &[&str] = &[
+    "sjis",
+    "shift_jis",
+    "big5",
+    "gbk",
+    "gb18030",
+    "uhc",
+    "johab",
+    "mskanji",
+    "win932",
+    "win936",
+    "win949",
+    "win950",
+    "cp932",
+    "cp936",
+    "cp949",
+    "cp950",
+];
 
 /// The settings rlsgate owns (lower-cased names).
 #[derive(Debug, Clone)]
@@ -35,7 +52,10 @@ pub struct OwnedSettings {
 
 impl OwnedSettings {
     pub fn from_config(cfg: &TenantConfig) -> Self {
-        let mut names = vec![cfg.setting.to_ascii_lowercase(), cfg.seal_setting.to_ascii_lowercase()];
+        let mut names = vec![
+            cfg.setting.to_ascii_lowercase(),
+            cfg.seal_setting.to_ascii_lowercase(),
+        ];
         names.extend(cfg.claims.keys().map(|k| k.to_ascii_lowercase()));
         names.sort();
         names.dedup();
@@ -77,7 +97,10 @@ impl SessionContext {
             settings.push((setting.clone(), claim_value(identity, claim)));
         }
         if let Some(key) = seal_key {
-            settings.push((cfg.seal_setting.clone(), seal(key, identity.tenant.as_str())));
+            settings.push((
+                cfg.seal_setting.clone(),
+                seal(key, identity.tenant.as_str()),
+            ));
         }
         let tenant_len = settings.len();
         for (name, value) in startup {
@@ -97,7 +120,11 @@ impl SessionContext {
         }
         // Client settings first, tenant context last: rotate the tenant block to the end.
         settings.rotate_left(tenant_len);
-        Ok(SessionContext { settings, tenant_len, replay: Vec::new() })
+        Ok(SessionContext {
+            settings,
+            tenant_len,
+            replay: Vec::new(),
+        })
     }
 
     /// The tenant-owned settings alone.
@@ -136,7 +163,10 @@ impl SessionContext {
     /// Identity of the whole context (what a server must hold for this client).
     pub fn fingerprint(&self) -> ContextFingerprint {
         let client = hash(&(self.client_settings(), &self.replay));
-        ContextFingerprint { all: hash(&(&self.settings, client)), client }
+        ContextFingerprint {
+            all: hash(&(&self.settings, client)),
+            client,
+        }
     }
 
     /// Remembers a session-level `SET` the client ran outside a transaction (its text,
@@ -186,7 +216,11 @@ fn encode_settings(buf: &mut BytesMut, settings: &[(String, String)]) {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("pg_catalog.set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2));
+        sql.push_str(&format!(
+            "pg_catalog.set_config(${}, ${}, false)",
+            2 * i + 1,
+            2 * i + 2
+        ));
         params.push(name);
         params.push(value);
     }
@@ -221,7 +255,11 @@ pub fn seal(key: &[u8], tenant: &str) -> String {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(tenant.as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Value of a mapped claim as a setting: strings as-is, `*` the whole claims object as

@@ -25,6 +25,8 @@ impl Session<'_> {
         let txn = self.mode == PoolMode::Transaction;
         match tag {
             fe::QUERY => {
+                // A simple Query destroys the unnamed statement.
+                self.unnamed = None;
                 let replacement = self.check_sql(tag, start, end);
                 self.pipeline.client(Reply::UntilReady);
                 Ok(replacement)
@@ -40,23 +42,31 @@ impl Session<'_> {
                     return Ok(None);
                 }
                 let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
+                    // Unnamed: remembered so a Bind in a later transaction (maybe on
+                    // another server) runs this client's statement, not another's.
+                    self.unnamed = Some(BytesMut::from(&self.cbuf[start..end]));
+                    self.unnamed_here = true;
                     self.pipeline.client(Reply::Parse);
                     return Ok(None);
                 };
                 let mut out = BytesMut::new();
                 if self.server_mut().statements.has(&stmt.server_name) {
-                    self.pipeline.synthetic(BytesMut::from(&PARSE_COMPLETE[..]));
+                    // The client's own Parse is always a fresh prepare (as it would be
+                    // directly): a cached copy may predate DDL (stale result or
+                    // parameter types). Close it first; the CloseComplete is consumed.
+                    prepared::put_statement_message(&mut out, fe::CLOSE, &stmt.server_name);
+                    self.pipeline.swallow_close();
                 } else {
                     self.add_server_statement(&stmt.server_name, &mut out);
-                    out.extend_from_slice(&stmt.parse);
-                    self.pipeline.client_parse(stmt.server_name.clone());
                 }
+                out.extend_from_slice(&stmt.parse);
+                self.pipeline.client_parse(stmt.server_name.clone());
                 Ok(Some(out))
             }
             fe::BIND => {
                 self.extended_open = true;
                 let replacement = if txn {
-                    self.rewrite_bind(start, end)
+                    self.rewrite_bind(start, end).or_else(|| self.unnamed_for_bind(start, end))
                 } else {
                     None
                 };
@@ -120,6 +130,21 @@ impl Session<'_> {
             out.extend_from_slice(&stmt.parse);
             self.pipeline.swallow_parse(stmt.server_name.clone());
         }
+    }
+
+    /// A Bind of the unnamed statement on a server where this client has not parsed it
+    /// in the current binding: the client's last unnamed Parse goes first.
+    fn unnamed_for_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
+        let (_, name) = prepared::bind_statement(&self.cbuf[start..end])?;
+        if !name.is_empty() || self.unnamed_here {
+            return None;
+        }
+        let parse = self.unnamed.clone()?;
+        self.unnamed_here = true;
+        let mut out = parse;
+        self.pipeline.swallow_parse(String::new());
+        out.extend_from_slice(&self.cbuf[start..end]);
+        Some(out)
     }
 
     fn rewrite_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
@@ -258,6 +283,5 @@ fn function_oid(msg: &[u8]) -> Option<u32> {
     ]))
 }
 
-/// ParseComplete and CloseComplete, for replies the proxy gives itself.
-const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
+/// CloseComplete, for a Close the proxy answers itself.
 const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
