@@ -19,8 +19,13 @@ pub struct CancelTarget {
 /// Registry of live client cancel keys.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), (Option<CancelTarget>, CancelGate)>>,
+    map: Mutex<HashMap<Key, Entry>>,
 }
+
+/// (pid, secret) as the client sent them.
+type Key = (i32, i32);
+/// Where the key points now, and its gate.
+type Entry = (Option<CancelTarget>, CancelGate);
 
 impl CancelRegistry {
     /// A fresh random secret that is not in use together with `pid`.
