@@ -187,20 +187,7 @@ async fn disconnect_mid_transaction_rolls_back_before_reuse() {
 /// read belongs to the reader's tenant; final per-tenant counts match the commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_clients_eight_tenants_random_transactions() {
-    let env = txn_env(2).await;
-    env.pg
-        .psql(
-            "app",
-            "CREATE TABLE ledger (id bigserial PRIMARY KEY,
-                 tenant_id text NOT NULL DEFAULT current_setting('app.current_tenant'),
-                 client int NOT NULL, n int NOT NULL);
-             ALTER TABLE ledger ENABLE ROW LEVEL SECURITY; ALTER TABLE ledger FORCE ROW LEVEL SECURITY;
-             CREATE POLICY t ON ledger USING (tenant_id = current_setting('app.current_tenant', true))
-                 WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
-             GRANT SELECT, INSERT ON ledger TO app_rls; GRANT USAGE ON SEQUENCE ledger_id_seq TO app_rls;",
-        )
-        .unwrap();
-    let env = std::sync::Arc::new(env);
+    let env = std::sync::Arc::new(ledger_env().await);
     let leaks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for client_no in 0..40 {
@@ -272,37 +259,9 @@ async fn forty_clients_eight_tenants_random_transactions() {
             (tenant, committed)
         }));
     }
-    let mut expected: HashMap<String, i64> = HashMap::new();
-    for t in tasks {
-        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t)
-            .await
-            .expect("bounded")
-            .unwrap();
-        *expected.entry(tenant).or_default() += n;
-    }
-    assert_eq!(
-        leaks.load(Ordering::Relaxed),
-        0,
-        "rows or context of another tenant were seen"
-    );
-    let admin = env.admin().await;
-    for (tenant, n) in expected {
-        let got: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM ledger WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(got, n, "tenant {tenant}");
-    }
-    let bad: i64 = admin
-        .query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
+    let expected = collect_commits(tasks).await;
+    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows or context of another tenant were seen");
+    assert_ledger(&env, expected).await;
     assert!(
         env.proxy
             .state
@@ -517,20 +476,7 @@ async fn pgbench_all_protocols_through_transaction_mode() {
 /// each statement once per connection; executions land on whichever server is free).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_clients_prepared_statements_random_transactions() {
-    let env = txn_env(2).await;
-    env.pg
-        .psql(
-            "app",
-            "CREATE TABLE ledger (id bigserial PRIMARY KEY,
-                 tenant_id text NOT NULL DEFAULT current_setting('app.current_tenant'),
-                 client int NOT NULL, n int NOT NULL);
-             ALTER TABLE ledger ENABLE ROW LEVEL SECURITY; ALTER TABLE ledger FORCE ROW LEVEL SECURITY;
-             CREATE POLICY t ON ledger USING (tenant_id = current_setting('app.current_tenant', true))
-                 WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
-             GRANT SELECT, INSERT ON ledger TO app_rls; GRANT USAGE ON SEQUENCE ledger_id_seq TO app_rls;",
-        )
-        .unwrap();
-    let env = std::sync::Arc::new(env);
+    let env = std::sync::Arc::new(ledger_env().await);
     let leaks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for client_no in 0..40i32 {
@@ -601,37 +547,9 @@ async fn forty_clients_prepared_statements_random_transactions() {
             (tenant, committed)
         }));
     }
-    let mut expected: HashMap<String, i64> = HashMap::new();
-    for t in tasks {
-        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t)
-            .await
-            .expect("bounded")
-            .unwrap();
-        *expected.entry(tenant).or_default() += n;
-    }
-    assert_eq!(
-        leaks.load(Ordering::Relaxed),
-        0,
-        "rows of another tenant were seen"
-    );
-    let admin = env.admin().await;
-    for (tenant, n) in expected {
-        let got: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM ledger WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(got, n, "tenant {tenant}");
-    }
-    let bad: i64 = admin
-        .query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
+    let expected = collect_commits(tasks).await;
+    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows or context of another tenant were seen");
+    assert_ledger(&env, expected).await;
 }
 
 /// A client's own Parse is always a fresh prepare, even when the server holds the same
@@ -655,4 +573,47 @@ async fn reparse_after_ddl_sees_the_new_shape() {
     assert_eq!(s2.columns().len(), 3, "fresh prepare after ALTER TABLE");
     let rows = c.query(&s2, &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, String>(2), "x");
+}
+
+/// Transaction-mode environment (pool of 2) with a `ledger` table under forced RLS.
+async fn ledger_env() -> Env {
+    let env = txn_env(2).await;
+    env.pg
+        .psql(
+            "app",
+            "CREATE TABLE ledger (id bigserial PRIMARY KEY,
+                 tenant_id text NOT NULL DEFAULT current_setting('app.current_tenant'),
+                 client int NOT NULL, n int NOT NULL);
+             ALTER TABLE ledger ENABLE ROW LEVEL SECURITY; ALTER TABLE ledger FORCE ROW LEVEL SECURITY;
+             CREATE POLICY t ON ledger USING (tenant_id = current_setting('app.current_tenant', true))
+                 WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
+             GRANT SELECT, INSERT ON ledger TO app_rls; GRANT USAGE ON SEQUENCE ledger_id_seq TO app_rls;",
+        )
+        .unwrap();
+    env
+}
+
+/// Waits (bounded) for the client tasks and sums the rows each tenant committed.
+async fn collect_commits(tasks: Vec<tokio::task::JoinHandle<(String, i64)>>) -> HashMap<String, i64> {
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for t in tasks {
+        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t).await.expect("bounded").unwrap();
+        *expected.entry(tenant).or_default() += n;
+    }
+    expected
+}
+
+/// Per-tenant row counts equal the commits; no failed, refused or abandoned row exists.
+async fn assert_ledger(env: &Env, expected: HashMap<String, i64>) {
+    let admin = env.admin().await;
+    for (tenant, n) in expected {
+        let got: i64 = admin
+            .query_one("SELECT count(*) FROM ledger WHERE tenant_id = $1", &[&tenant])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, n, "tenant {tenant}");
+    }
+    let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
+    assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
 }
