@@ -56,7 +56,10 @@ const ATTEMPTS: &[&str] = &[
 async fn assert_only_acme(c: &Client, what: &str) {
     let rows = visible_customers(c).await;
     assert_eq!(rows.len(), 3, "after {what:?}: {rows:?}");
-    assert!(rows.iter().all(|(t, _)| t == "acme"), "after {what:?}: {rows:?}");
+    assert!(
+        rows.iter().all(|(t, _)| t == "acme"),
+        "after {what:?}: {rows:?}"
+    );
 }
 
 async fn battery(mode: PoolMode) {
@@ -68,16 +71,28 @@ async fn battery(mode: PoolMode) {
     let c = env.connect("acme").await;
     for sql in ATTEMPTS {
         // Simple protocol.
-        let err = c.simple_query(sql).await.err().unwrap_or_else(|| panic!("not refused: {sql}"));
+        let err = c
+            .simple_query(sql)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("not refused: {sql}"));
         let (code, msg) = db_error(&err);
         assert_eq!(code, "42501", "{sql}: {msg}");
-        assert!(msg.contains("rlsgate"), "{sql}: message names the guard: {msg}");
+        assert!(
+            msg.contains("rlsgate"),
+            "{sql}: message names the guard: {msg}"
+        );
         assert_only_acme(&c, sql).await;
         // Extended protocol (Parse) where the statement is preparable.
         if !sql.contains(';') {
             if let Err(err) = c.prepare(sql).await {
                 if let Some(db) = err.as_db_error() {
-                    assert_eq!(db.code().code(), "42501", "extended {sql}: {}", db.message());
+                    assert_eq!(
+                        db.code().code(),
+                        "42501",
+                        "extended {sql}: {}",
+                        db.message()
+                    );
                 }
             } else {
                 panic!("extended protocol not refused: {sql}");
@@ -87,7 +102,10 @@ async fn battery(mode: PoolMode) {
     }
     // Inside a transaction block the refusal aborts the transaction, like any error.
     c.batch_execute("BEGIN").await.unwrap();
-    assert!(c.simple_query("SET app.current_tenant = 'globex'").await.is_err());
+    assert!(c
+        .simple_query("SET app.current_tenant = 'globex'")
+        .await
+        .is_err());
     let err = c.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(db_error(&err).0, "25P02");
     c.batch_execute("ROLLBACK").await.unwrap();
@@ -106,7 +124,10 @@ async fn battery(mode: PoolMode) {
     }
     // Ordinary ORM traffic passes untouched.
     c.batch_execute("SET search_path TO public; SET statement_timeout = '5s'; SHOW app.current_tenant; BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT current_setting('app.current_tenant'); COMMIT").await.unwrap();
-    assert!(rlsgate::metrics::Metrics::get(&env.proxy.state.metrics.guard_refusals) >= ATTEMPTS.len() as u64);
+    assert!(
+        rlsgate::metrics::Metrics::get(&env.proxy.state.metrics.guard_refusals)
+            >= ATTEMPTS.len() as u64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +148,11 @@ async fn orm_workload_has_no_false_refusals() {
     let corpus = include_str!("fixtures/orm_statements.sql");
     let inspector = &env.proxy.state.inspector;
     let mut n = 0;
-    for stmt in corpus.lines().map(str::trim).filter(|s| !s.is_empty() && !s.starts_with("--")) {
+    for stmt in corpus
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.starts_with("--"))
+    {
         let (verdict, _) = inspector.inspect_message(b'Q', &query_message(stmt));
         assert!(
             !matches!(verdict, rlsgate::inspect::Verdict::Refuse { .. }),
@@ -154,7 +179,9 @@ async fn function_call_messages_are_refused_except_large_objects() {
     let env = Env::start().await;
     let token = env.token("acme");
     // A raw protocol client: startup, cleartext password, then FunctionCall(set_config).
-    let mut s = tokio::net::TcpStream::connect(env.proxy.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(env.proxy.addr)
+        .await
+        .unwrap();
     let mut startup = Vec::new();
     startup.extend_from_slice(&196608i32.to_be_bytes());
     for (k, v) in [("user", "raw"), ("database", "app")] {
@@ -192,7 +219,10 @@ async fn function_call_messages_are_refused_except_large_objects() {
     s.write_all(&f).await.unwrap();
     let replies = read_until_ready(&mut s).await;
     let text = String::from_utf8_lossy(&replies);
-    assert!(replies.first() == Some(&b'E') && text.contains("42501") && text.contains("function-call"), "{text}");
+    assert!(
+        replies.first() == Some(&b'E') && text.contains("42501") && text.contains("function-call"),
+        "{text}"
+    );
     // The session still has its tenant.
     let q = b"SELECT current_setting('app.current_tenant')\0";
     let mut m = vec![b'Q'];

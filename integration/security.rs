@@ -14,17 +14,26 @@ async fn superuser_or_bypassrls_upstream_role_is_refused() {
              CREATE ROLE app_bypass LOGIN BYPASSRLS PASSWORD 'bypass_pw_123';",
         )
         .unwrap();
-    for (role, pw, why) in [("app_super", "super_pw_123", "superuser"), ("app_bypass", "bypass_pw_123", "BYPASSRLS")] {
+    for (role, pw, why) in [
+        ("app_super", "super_pw_123", "superuser"),
+        ("app_bypass", "bypass_pw_123", "BYPASSRLS"),
+    ] {
         let mut config = env.config.clone();
         config.listen.addr = "127.0.0.1:0".parse().unwrap();
         config.upstream.url = format!("postgres://{role}@127.0.0.1:{}/app", env.pg.port());
         let pw_file = env.dir.path().join(format!("{role}.pw"));
         std::fs::write(&pw_file, pw).unwrap();
         config.upstream.password_file = Some(pw_file);
-        let err = Server::bind(config.clone()).await.err().expect("refused to start");
+        let err = Server::bind(config.clone())
+            .await
+            .err()
+            .expect("refused to start");
         assert!(matches!(err, ServerError::UnsafeUpstream { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains(role) && text.contains(why) && text.contains("row-level security"), "{text}");
+        assert!(
+            text.contains(role) && text.contains(why) && text.contains("row-level security"),
+            "{text}"
+        );
         // The explicit override starts (with a loud warning).
         config.upstream.allow_unsafe_role = true;
         let server = Server::bind(config).await.expect("override accepted");
@@ -44,7 +53,9 @@ async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
         c.tenant.seal_secret_file = Some(path);
     })
     .await;
-    let sealed_sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sealed.sql")).unwrap();
+    let sealed_sql =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sealed.sql"))
+            .unwrap();
     env.pg.psql("app", &sealed_sql).unwrap();
     env.pg
         .psql(
@@ -61,7 +72,11 @@ async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
         )
         .unwrap();
     let c = env.connect("acme").await;
-    let n: i64 = c.query_one("SELECT count(*) FROM docs", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM docs", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2, "sealed context verifies: own rows visible");
     // The issue's example is already refused by the guard (dynamic SQL naming the setting).
     let err = c
@@ -85,8 +100,19 @@ async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
     .await
     .unwrap();
     c.batch_execute("SELECT pg_temp.sneaky()").await.unwrap();
-    let tenant: String = c.query_one("SELECT current_setting('app.current_tenant')", &[]).await.unwrap().get(0);
-    assert_eq!(tenant, "globex", "the bare setting was changed behind the guard's back");
+    let tenant: String = c
+        .query_one("SELECT current_setting('app.current_tenant')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tenant, "globex",
+        "the bare setting was changed behind the guard's back"
+    );
     let rows = c.query("SELECT tenant_id FROM docs", &[]).await.unwrap();
-    assert_eq!(rows.len(), 0, "but the seal does not verify: no row of globex (nor acme)");
+    assert_eq!(
+        rows.len(),
+        0,
+        "but the seal does not verify: no row of globex (nor acme)"
+    );
 }

@@ -69,9 +69,14 @@ async fn direct_tls_with_alpn() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"postgresql".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(env.proxy.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(env.proxy.addr)
+        .await
+        .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     // Startup, then the token as the cleartext password, then a query.
     let mut startup = 196608i32.to_be_bytes().to_vec();
     for part in ["user", "alice", "database", "app", ""] {
@@ -83,7 +88,11 @@ async fn direct_tls_with_alpn() {
     s.write_all(&msg).await.unwrap();
     let mut auth = [0u8; 9];
     s.read_exact(&mut auth).await.unwrap();
-    assert_eq!((auth[0], auth[8]), (b'R', 3), "AuthenticationCleartextPassword");
+    assert_eq!(
+        (auth[0], auth[8]),
+        (b'R', 3),
+        "AuthenticationCleartextPassword"
+    );
     let token = env.token("acme");
     let mut pw = vec![b'p'];
     pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
@@ -115,5 +124,7 @@ async fn direct_tls_with_alpn() {
 
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem).map(|c| c.unwrap()).collect()
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
 }

@@ -28,7 +28,9 @@ async fn connect(env: &Env, proxy: &Env2, tenant: &str) -> tokio_postgres::Clien
         proxy.proxy.addr.port(),
         env.token(tenant)
     );
-    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     c
 }
@@ -45,7 +47,11 @@ async fn md5_and_cleartext_upstream_authentication() {
         })
         .await;
         let c = connect(&env, &p, "globex").await;
-        let user: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        let user: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(user, role);
         assert_eq!(visible_customers(&c).await.len(), 2);
     }
@@ -53,8 +59,15 @@ async fn md5_and_cleartext_upstream_authentication() {
     let bad = env.dir.path().join("bad");
     std::fs::write(&bad, "wrong").unwrap();
     let p = proxy_with(&env, |c| c.upstream.password_file = Some(bad)).await;
-    let conninfo = format!("host=127.0.0.1 port={} dbname=app user=u password='{}'", p.proxy.addr.port(), env.token("acme"));
-    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.err().expect("refused");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname=app user=u password='{}'",
+        p.proxy.addr.port(),
+        env.token("acme")
+    );
+    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
     let (code, msg) = db_error(&err);
     assert!(code == "08006" || code == "28P01", "{code} {msg}");
 }
@@ -85,7 +98,10 @@ async fn tls_to_postgres_with_sslmode_require() {
     let p = proxy_with(&env, |c| c.upstream.sslmode = SslMode::Require).await;
     let c = connect(&env, &p, "acme").await;
     let ssl: bool = c
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -93,7 +109,8 @@ async fn tls_to_postgres_with_sslmode_require() {
     assert_eq!(visible_customers(&c).await.len(), 3);
     // Cancel over the TLS upstream works too.
     let token = c.cancel_token();
-    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
+    let sleeper =
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let err = sleeper.await.unwrap().unwrap_err();
@@ -110,13 +127,26 @@ async fn shutdown_drains_then_closes_sessions_with_57p01() {
     env.proxy.shutdown.cancel();
     // New connections are refused at once.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
     // The open session keeps working during the grace period...
     c.simple_query("SELECT 2").await.unwrap();
     // ...and is closed with 57P01 when it ends.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let err = c.simple_query("SELECT 3").await.unwrap_err();
-    let closed = err.as_db_error().map(|d| d.code().code() == "57P01").unwrap_or(false) || err.is_closed();
+    let closed = err
+        .as_db_error()
+        .map(|d| d.code().code() == "57P01")
+        .unwrap_or(false)
+        || err.is_closed();
     assert!(closed, "{err}");
-    assert_eq!(state.metrics.clients_active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        state
+            .metrics
+            .clients_active
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }

@@ -183,6 +183,7 @@ host all all 127.0.0.1/32 scram-sha-256
         for tool in ("initdb", "pg_ctl", "postgres"):
             if not (PG_BIN / tool).exists():
                 raise SystemExit(f"{PG_BIN / tool} missing: apt-get install -y postgresql (or set PG_BIN_DIR)")
+        stop_stale_cluster(self.root)
         if self.root.exists():
             shutil.rmtree(self.root)
         self.sock.mkdir(parents=True)
@@ -216,14 +217,20 @@ log_min_messages = warning
         raise RuntimeError(f"PostgreSQL did not start; see {self.root / 'postgres.log'}")
 
     def stop(self) -> None:
-        if self.data.exists():
-            run([PG_BIN / "pg_ctl", "stop", "-w", "-m", "immediate", "-D", self.data],
-                user=self.user, cwd=self.root, check=False)
+        stop_stale_cluster(self.root)
 
     def psql(self, db: str, sql: str, check=True) -> str:
         p = run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.sock, "-p", self.port,
                  "-U", "postgres", "-d", db, "-f", "-"], input=sql, env=base_env(), check=check)
         return p.stdout.strip()
+
+
+def stop_stale_cluster(root: Path) -> None:
+    """Stops a cluster left running in `root` (an interrupted run), so it can be removed."""
+    data = root / "data"
+    if (data / "postmaster.pid").exists():
+        run([PG_BIN / "pg_ctl", "stop", "-w", "-m", "immediate", "-D", data],
+            user="postgres" if IS_ROOT else None, cwd="/", check=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -995,6 +1002,7 @@ def main() -> int:
     if not RLSGATE.exists():
         raise SystemExit(f"{RLSGATE} missing: cargo build --release")
     if RUN.exists():
+        stop_stale_cluster(RUN / "pg")
         shutil.rmtree(RUN)
     RUN.mkdir(parents=True)
     os.chmod(WORK, 0o755)

@@ -9,6 +9,7 @@ usage: lib/devenv.py [--db suite_dev] [--mode session|transaction] [--pgbouncer]
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ def main():
     ap.add_argument("--pgbouncer", action="store_true")
     ap.add_argument("--seconds", type=float, default=0)
     a = ap.parse_args()
+    # SIGTERM stops everything like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     runner.RUN = runner.WORK / "devenv"
     runner.RUN.mkdir(parents=True, exist_ok=True)
     os.chmod(runner.RUN, 0o755)
