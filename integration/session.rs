@@ -192,3 +192,36 @@ async fn pool_of_one_200_sessions_no_leaks() {
         "one upstream connection served all sessions"
     );
 }
+
+/// PostgreSQL's warnings about startup settings reach the client (here: an
+/// application_name longer than 63 bytes is truncated), and an explicit startup
+/// parameter wins over the same setting in `options`, as in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_notices_and_parameter_precedence() {
+    let env = Env::start().await;
+    let long = "x".repeat(80);
+    let conninfo = format!(
+        "{} application_name={long} options='-c statement_timeout=1000 -c application_name=from_options'",
+        env.conninfo("u", &env.token("acme"), "disable")
+    );
+    let (c, mut conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        futures::pin_mut!(stream);
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_owned());
+            }
+        }
+    });
+    let row = c
+        .query_one("SELECT current_setting('application_name'), current_setting('statement_timeout')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "x".repeat(63), "explicit parameter wins over options");
+    assert_eq!(row.get::<_, String>(1), "1s");
+    let notice = rx.recv().await.expect("startup notice delivered");
+    assert!(notice.contains("truncated"), "{notice}");
+}

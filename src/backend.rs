@@ -63,6 +63,9 @@ pub struct ServerConn {
     pub broken: bool,
     /// Named statements prepared on this server by the proxy (transaction pooling).
     pub statements: crate::prepared::ServerStatements,
+    /// NoticeResponses to the proxy's own statements, for the client (startup warnings
+    /// such as a truncated application_name).
+    pub notices: Vec<BytesMut>,
     /// The context this server holds (set by the proxy), if known.
     pub context: Option<crate::tenant::ContextFingerprint>,
     /// Fields of the last ErrorResponse seen during startup.
@@ -100,6 +103,7 @@ impl ServerConn {
             broken: false,
             last_error_fields: ErrorFields::default(),
             context: None,
+            notices: Vec::new(),
             statements: Default::default(),
         };
         conn.startup(t).await?;
@@ -284,6 +288,7 @@ impl ServerConn {
                         self.note_parameter(&n, &v);
                     }
                 }
+                protocol::backend::NOTICE_RESPONSE => self.notices.push(msg),
                 protocol::backend::COPY_IN_RESPONSE | protocol::backend::COPY_BOTH_RESPONSE => {
                     self.broken = true;
                     return Err(proto_msg("unexpected COPY in proxy query"));

@@ -112,7 +112,7 @@ pub async fn run_session(
         Err(e) => return fatal(&mut client.stream, e.into()).await,
     };
     let mode = state.config.pool.mode;
-    let server = match bind_with_context(state, &ctx).await {
+    let mut server = match bind_with_context(state, &ctx).await {
         Ok(s) => s,
         Err(e) => return fatal(&mut client.stream, e).await,
     };
@@ -135,6 +135,10 @@ pub async fn run_session(
         protocol::put_parameter_status(&mut out, name, value);
     }
     protocol::put_backend_key_data(&mut out, pid, secret);
+    // Warnings the server gave while the startup settings were applied.
+    for notice in std::mem::take(&mut server.notices) {
+        out.extend_from_slice(&notice);
+    }
     protocol::put_ready_for_query(&mut out, TxStatus::Idle);
     client.stream.write_all(&out).await?;
     client.stream.flush().await?;
@@ -194,6 +198,8 @@ async fn bind_with_context(
             replies += 1;
         }
         ctx.encode(&mut buf);
+        // Only notices about this client's own startup settings reach it.
+        obj.notices.clear();
         match obj.exchange(&buf, replies).await {
             Ok(()) => {
                 Metrics::inc(&state.metrics.context_applied);

@@ -103,15 +103,15 @@ impl SessionContext {
             ));
         }
         let tenant_len = settings.len();
+        // `options -c` first: as in PostgreSQL, an explicit startup parameter wins.
+        for (_, value) in startup.iter().filter(|(n, _)| n == "options") {
+            for (n, v) in parse_options(value)? {
+                push_client_setting(&mut settings, owned, n, v)?;
+            }
+        }
         for (name, value) in startup {
             if name == "replication" {
                 return Err(ContextError::Replication);
-            }
-            if name == "options" {
-                for (n, v) in parse_options(value)? {
-                    push_client_setting(&mut settings, owned, n, v)?;
-                }
-                continue;
             }
             if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with("_pq_.") {
                 continue;
