@@ -271,6 +271,10 @@ pub fn session_only(sql: &str) -> Option<&'static str> {
             {
                 Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
             }
+            NodeRef::ViewStmt(v) if is_temp(v.view.as_ref()) => Some(TEMP_OBJECT),
+            NodeRef::CreateSeqStmt(c) if is_temp(c.sequence.as_ref()) => Some(TEMP_OBJECT),
+            NodeRef::CreateDomainStmt(d) if in_pg_temp(&d.domainname) => Some(TEMP_OBJECT),
+            NodeRef::CreateFunctionStmt(f) if in_pg_temp(&f.funcname) => Some(TEMP_OBJECT),
             NodeRef::FuncCall(f) if is_session_advisory_lock(f) => {
                 Some("a session-level advisory lock (use pg_advisory_xact_lock)")
             }
@@ -283,8 +287,18 @@ pub fn session_only(sql: &str) -> Option<&'static str> {
     None
 }
 
+const TEMP_OBJECT: &str = "a temporary object (in pg_temp) that outlives its transaction";
+
+/// Temporary: `TEMP`/`TEMPORARY`, or created in the `pg_temp` schema.
 fn is_temp(rel: Option<&protobuf::RangeVar>) -> bool {
-    rel.is_some_and(|r| r.relpersistence == "t")
+    rel.is_some_and(|r| r.relpersistence == "t" || r.schemaname.eq_ignore_ascii_case("pg_temp"))
+}
+
+/// A qualified name (`pg_temp.x`) in the temporary schema.
+fn in_pg_temp(name: &[protobuf::Node]) -> bool {
+    name.len() > 1
+        && matches!(name.first().and_then(|n| n.node.as_ref()),
+            Some(protobuf::node::Node::String(s)) if s.sval.eq_ignore_ascii_case("pg_temp"))
 }
 
 fn drops_on_commit(action: i32) -> bool {
@@ -372,6 +386,11 @@ mod tests {
             "select pg_catalog.pg_try_advisory_lock(1, 2)",
             "CREATE TEMP TABLE t (x int)",
             "CREATE TEMPORARY TABLE t AS SELECT 1",
+            "CREATE TABLE pg_temp.t (x int)",
+            "CREATE DOMAIN pg_temp.d AS int",
+            "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CREATE TEMP VIEW v AS SELECT 1",
+            "CREATE TEMP SEQUENCE s",
             "PREPARE p AS SELECT 1",
             "EXECUTE p",
         ] {
@@ -382,6 +401,9 @@ mod tests {
             "CREATE TEMP TABLE t (x int) ON COMMIT DROP",
             "DECLARE c CURSOR FOR SELECT 1",
             "CREATE TABLE t (x int)",
+            "CREATE TABLE pg_temp.t (x int) ON COMMIT DROP",
+            "CREATE DOMAIN d AS int",
+            "SELECT * FROM pg_temp.t",
             "SELECT 1",
             "NOTIFY jobs",
         ] {
