@@ -13,5 +13,8 @@ fn demo_smoke_runs_end_to_end() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("smoke: alice sees acme|3"), "{stdout}");
     assert!(stdout.contains("smoke: bob sees globex|2"), "{stdout}");
-    assert!(stdout.contains("sslmode=require"), "psql lines are printed: {stdout}");
+    assert!(
+        stdout.contains("sslmode=require"),
+        "psql lines are printed: {stdout}"
+    );
 }

@@ -204,7 +204,9 @@ async fn startup_notices_and_parameter_precedence() {
         "{} application_name={long} options='-c statement_timeout=1000 -c application_name=from_options'",
         env.conninfo("u", &env.token("acme"), "disable")
     );
-    let (c, mut conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
+    let (c, mut conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
     tokio::spawn(async move {
@@ -217,10 +219,17 @@ async fn startup_notices_and_parameter_precedence() {
         }
     });
     let row = c
-        .query_one("SELECT current_setting('application_name'), current_setting('statement_timeout')", &[])
+        .query_one(
+            "SELECT current_setting('application_name'), current_setting('statement_timeout')",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "x".repeat(63), "explicit parameter wins over options");
+    assert_eq!(
+        row.get::<_, String>(0),
+        "x".repeat(63),
+        "explicit parameter wins over options"
+    );
     assert_eq!(row.get::<_, String>(1), "1s");
     let notice = rx.recv().await.expect("startup notice delivered");
     assert!(notice.contains("truncated"), "{notice}");

@@ -260,7 +260,11 @@ async fn forty_clients_eight_tenants_random_transactions() {
         }));
     }
     let expected = collect_commits(tasks).await;
-    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows or context of another tenant were seen");
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "rows or context of another tenant were seen"
+    );
     assert_ledger(&env, expected).await;
     assert!(
         env.proxy
@@ -548,7 +552,11 @@ async fn forty_clients_prepared_statements_random_transactions() {
         }));
     }
     let expected = collect_commits(tasks).await;
-    assert_eq!(leaks.load(Ordering::Relaxed), 0, "rows or context of another tenant were seen");
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "rows or context of another tenant were seen"
+    );
     assert_ledger(&env, expected).await;
 }
 
@@ -568,7 +576,9 @@ async fn reparse_after_ddl_sees_the_new_shape() {
     let s1 = c.prepare("SELECT * FROM shapes").await.unwrap();
     assert_eq!(c.query(&s1, &[]).await.unwrap()[0].len(), 2);
     drop(s1);
-    env.pg.psql("app", "ALTER TABLE shapes ADD COLUMN b text DEFAULT 'x'").unwrap();
+    env.pg
+        .psql("app", "ALTER TABLE shapes ADD COLUMN b text DEFAULT 'x'")
+        .unwrap();
     let s2 = c.prepare("SELECT * FROM shapes").await.unwrap();
     assert_eq!(s2.columns().len(), 3, "fresh prepare after ALTER TABLE");
     let rows = c.query(&s2, &[]).await.unwrap();
@@ -594,10 +604,15 @@ async fn ledger_env() -> Env {
 }
 
 /// Waits (bounded) for the client tasks and sums the rows each tenant committed.
-async fn collect_commits(tasks: Vec<tokio::task::JoinHandle<(String, i64)>>) -> HashMap<String, i64> {
+async fn collect_commits(
+    tasks: Vec<tokio::task::JoinHandle<(String, i64)>>,
+) -> HashMap<String, i64> {
     let mut expected: HashMap<String, i64> = HashMap::new();
     for t in tasks {
-        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t).await.expect("bounded").unwrap();
+        let (tenant, n) = tokio::time::timeout(Duration::from_secs(240), t)
+            .await
+            .expect("bounded")
+            .unwrap();
         *expected.entry(tenant).or_default() += n;
     }
     expected
@@ -608,12 +623,19 @@ async fn assert_ledger(env: &Env, expected: HashMap<String, i64>) {
     let admin = env.admin().await;
     for (tenant, n) in expected {
         let got: i64 = admin
-            .query_one("SELECT count(*) FROM ledger WHERE tenant_id = $1", &[&tenant])
+            .query_one(
+                "SELECT count(*) FROM ledger WHERE tenant_id = $1",
+                &[&tenant],
+            )
             .await
             .unwrap()
             .get(0);
         assert_eq!(got, n, "tenant {tenant}");
     }
-    let bad: i64 = admin.query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[]).await.unwrap().get(0);
+    let bad: i64 = admin
+        .query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
 }

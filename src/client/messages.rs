@@ -66,7 +66,8 @@ impl Session<'_> {
             fe::BIND => {
                 self.extended_open = true;
                 let replacement = if txn {
-                    self.rewrite_bind(start, end).or_else(|| self.unnamed_for_bind(start, end))
+                    self.rewrite_bind(start, end)
+                        .or_else(|| self.unnamed_for_bind(start, end))
                 } else {
                     None
                 };
