@@ -270,7 +270,7 @@ impl ServerConn {
             let (tag, msg) = self.next_message().await?;
             match tag {
                 protocol::backend::READY_FOR_QUERY => {
-                    self.tx = TxStatus::from_byte(msg[5])
+                    self.tx = TxStatus::from_byte(msg.get(5).copied().unwrap_or(0))
                         .ok_or_else(|| proto_msg("bad ReadyForQuery"))?;
                     seen += 1;
                 }
@@ -409,20 +409,30 @@ async fn start_tls(
 }
 
 fn parse_data_row(msg: &[u8]) -> Vec<Option<String>> {
+    // Malformed rows end early instead of panicking.
     let body = protocol::body(msg);
-    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut out = Vec::new();
+    let Some(n) = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        return out;
+    };
     let mut pos = 2;
-    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let len = i32::from_be_bytes([body[pos], body[pos + 1], body[pos + 2], body[pos + 3]]);
+        let Some(len) = body
+            .get(pos..pos + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            break;
+        };
         pos += 4;
         if len < 0 {
             out.push(None);
-        } else {
-            let end = pos + len as usize;
-            out.push(Some(String::from_utf8_lossy(&body[pos..end]).into_owned()));
-            pos = end;
+            continue;
         }
+        let Some(value) = body.get(pos..pos + len as usize) else {
+            break;
+        };
+        out.push(Some(String::from_utf8_lossy(value).into_owned()));
+        pos += len as usize;
     }
     out
 }

@@ -490,8 +490,10 @@ impl Session<'_> {
                 Disposition::Forward => {
                     match tag {
                         be::READY_FOR_QUERY => {
-                            self.tx = TxStatus::from_byte(msg[protocol::HEADER_LEN])
-                                .unwrap_or(TxStatus::Failed);
+                            self.tx = TxStatus::from_byte(
+                                msg.get(protocol::HEADER_LEN).copied().unwrap_or(0),
+                            )
+                            .unwrap_or(TxStatus::Failed);
                         }
                         be::PARAMETER_STATUS => {
                             if let Some((n, v)) = protocol::parse_parameter_status(msg) {
