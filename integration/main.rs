@@ -12,6 +12,7 @@ mod copy;
 mod demo;
 mod doctor;
 mod guard;
+mod pin;
 mod policy;
 mod pool;
 mod psql;

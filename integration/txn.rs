@@ -292,6 +292,12 @@ async fn session_settings_follow_the_client_and_only_it() {
     a.batch_execute("SET LOCAL work_mem = '99MB'")
         .await
         .unwrap(); // outside a txn: no effect
+                   // What pgJDBC's setTransactionIsolation / setReadOnly send.
+    a.batch_execute(
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+    )
+    .await
+    .unwrap();
     let hold = env.connect("globex").await;
     for i in 0..20 {
         // Keep one server busy half of the time so transactions land on different servers.
@@ -299,26 +305,32 @@ async fn session_settings_follow_the_client_and_only_it() {
             hold.batch_execute("BEGIN").await.unwrap();
         }
         let r = rows(
-            &a.simple_query("SHOW search_path; SHOW TimeZone; SHOW work_mem")
-                .await
-                .unwrap(),
+            &a.simple_query(
+                "SHOW search_path; SHOW TimeZone; SHOW work_mem; SHOW transaction_isolation; \
+                 SHOW transaction_read_only",
+            )
+            .await
+            .unwrap(),
         );
         assert_eq!(
             r,
             vec![
                 vec!["pg_catalog, public".to_owned()],
                 vec!["Asia/Tokyo".to_owned()],
-                vec!["4MB".to_owned()]
+                vec!["4MB".to_owned()],
+                vec!["serializable".to_owned()],
+                vec!["on".to_owned()]
             ],
             "a, {i}"
         );
         let r = rows(
-            &b.simple_query("SHOW search_path; SHOW TimeZone")
+            &b.simple_query("SHOW search_path; SHOW TimeZone; SHOW transaction_isolation")
                 .await
                 .unwrap(),
         );
         assert_eq!(r[0][0], "\"$user\", public", "b, {i}");
         assert_ne!(r[1][0], "Asia/Tokyo", "b, {i}");
+        assert_eq!(r[2][0], "read committed", "b, {i}");
         if i % 2 == 0 {
             hold.batch_execute("COMMIT").await.unwrap();
         }
@@ -338,43 +350,6 @@ async fn session_settings_follow_the_client_and_only_it() {
             vec!["acme".to_owned()]
         ]
     );
-}
-
-/// Features that need one server for the whole session are refused with 0A000 in
-/// transaction mode, naming the feature and pointing at session mode.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_only_features_are_refused_with_0a000() {
-    let env = txn_env(2).await;
-    let c = env.connect("acme").await;
-    for (sql, names) in [
-        ("LISTEN jobs", "LISTEN"),
-        (
-            "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
-            "WITH HOLD",
-        ),
-        ("SELECT pg_advisory_lock(42)", "advisory lock"),
-        ("CREATE TEMP TABLE scratch (x int)", "temporary table"),
-        ("PREPARE p AS SELECT 1", "PREPARE"),
-    ] {
-        let err = c.batch_execute(sql).await.unwrap_err();
-        let (code, msg) = crate::harness::db_error(&err);
-        assert_eq!(code, "0A000", "{sql}: {msg}");
-        assert!(
-            msg.contains(names) && msg.contains("session"),
-            "{sql}: {msg}"
-        );
-        let _ = c.batch_execute("ROLLBACK").await;
-    }
-    // The transaction-scoped variants work.
-    c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(42); CREATE TEMP TABLE t (x int) ON COMMIT DROP; COMMIT")
-        .await
-        .unwrap();
-    // Session mode allows all of them.
-    let env = Env::start().await;
-    let c = env.connect("acme").await;
-    c.batch_execute("LISTEN jobs; SELECT pg_advisory_lock(42); CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1")
-        .await
-        .unwrap();
 }
 
 /// pgbench through rlsgate in transaction mode, on pgbench's own tables with RLS on a

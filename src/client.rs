@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
@@ -93,6 +94,32 @@ struct Session<'s> {
     server_fatal: bool,
     /// Held while the session leaves a backend, so no cancel of ours is in flight.
     cancel_gate: crate::cancel::CancelGate,
+    /// Transaction mode: the client keeps its server until it disconnects.
+    pinned: Option<Pinned<'s>>,
+}
+
+/// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
+struct Pinned<'m>(&'m Metrics);
+
+impl<'m> Pinned<'m> {
+    /// Takes a slot when fewer than `limit` are taken.
+    fn take(metrics: &'m Metrics, limit: usize) -> Option<Pinned<'m>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        metrics
+            .pinned_active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Metrics::inc(&metrics.pins);
+        Some(Pinned(metrics))
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.0.pinned_active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Runs an authenticated client's session to its end.
@@ -173,6 +200,7 @@ pub async fn run_session(
         unnamed_here: false,
         server_fatal: false,
         cancel_gate,
+        pinned: None,
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -404,7 +432,11 @@ impl Session<'_> {
 
     /// Transaction mode: returns the server once the client is idle at a boundary.
     async fn maybe_release(&mut self) {
-        if self.mode != PoolMode::Transaction || !self.at_boundary() || self.tx != TxStatus::Idle {
+        if self.mode != PoolMode::Transaction
+            || self.pinned.is_some()
+            || !self.at_boundary()
+            || self.tx != TxStatus::Idle
+        {
             return;
         }
         if let Some(mut obj) = self.server.take() {
@@ -469,8 +501,12 @@ impl Session<'_> {
             pos = end;
             let msg = &buf[start..end];
             let disposition = self.pipeline.on_message(tag);
-            for name in self.pipeline.take_failed_parses() {
-                statements.remove(&name);
+            for failed in self.pipeline.take_failed_parses() {
+                // As directly: a statement whose Parse failed or was skipped does not exist.
+                statements.remove(&failed.server);
+                if let Some(stmt) = failed.client {
+                    self.statements.forget(&stmt);
+                }
             }
             match disposition {
                 Disposition::Swallow => {
@@ -551,6 +587,12 @@ impl Session<'_> {
             self.state.cancel.remove(self.key.0, self.key.1);
         }
         let pool = &self.state.pool;
+        if self.pinned.take().is_some() {
+            // Temporary tables, LISTEN, held cursors, advisory locks: never handed on.
+            if let Some(s) = server.take() {
+                pool.discard(s, "pinned session ended").await;
+            }
+        }
         match end {
             Ok(End::Terminate) | Ok(End::ClientEof) => {
                 if let Some(s) = server {

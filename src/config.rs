@@ -330,6 +330,21 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// `[pool] session_features`: what transaction pooling does with a statement that needs
+/// one server for the rest of the session (LISTEN, temporary objects outliving their
+/// transaction, `DECLARE ... WITH HOLD`, session advisory locks, SQL `PREPARE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionFeatures {
+    /// The client keeps its server until it disconnects (up to `pool.max_pinned`
+    /// clients at once; beyond that the statement is refused); the server is then
+    /// closed, never returned to the pool.
+    #[default]
+    Pin,
+    /// The statement is refused with 0A000.
+    Refuse,
+}
+
 /// `[pool]`: upstream connection pool, one per (database, upstream role).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -351,6 +366,19 @@ pub struct PoolConfig {
     pub max_lifetime: Duration,
     /// Sent at check-in (after `ROLLBACK` if needed) so the next client starts clean.
     pub reset_query: String,
+    /// Transaction mode: `pin` or `refuse` statements that need one server for the
+    /// rest of the session.
+    pub session_features: SessionFeatures,
+    /// Transaction mode: most clients pinned to a server at once (default: half of
+    /// `size`, at least 1), so pinned clients cannot take the whole pool.
+    pub max_pinned: Option<usize>,
+}
+
+impl PoolConfig {
+    /// `max_pinned` with its default applied.
+    pub fn pin_limit(&self) -> usize {
+        self.max_pinned.unwrap_or((self.size / 2).max(1))
+    }
 }
 
 impl Default for PoolConfig {
@@ -363,6 +391,8 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             reset_query: "DISCARD ALL".into(),
+            session_features: SessionFeatures::Pin,
+            max_pinned: None,
         }
     }
 }

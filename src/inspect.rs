@@ -152,21 +152,17 @@ impl Inspector {
         analysis
     }
 
-    /// The verdict for one Query or Parse message, plus its analysis.
+    /// The guard's verdict for one Query or Parse message, plus its analysis (whose
+    /// `session_only` feature the session pins or refuses, see `pool.session_features`).
     pub fn inspect_message(&self, tag: u8, msg: &[u8]) -> (Verdict, Option<Arc<Analysis>>) {
         let Some(sql) = sql_of(tag, msg) else {
             return (Verdict::Allow, None);
         };
         let a = self.analyse(sql);
         let verdict = match &a.guard {
-            guard::Verdict::Refuse(r) => Verdict::Refuse { code: "42501", message: r.message.clone() },
-            _ if a.session_only.is_some() => Verdict::Refuse {
-                code: "0A000",
-                message: format!(
-                    "{} is not supported in transaction pooling mode (the next transaction may run on \
-                     another server connection); use pool mode \"session\" for this client",
-                    a.session_only.unwrap_or_default()
-                ),
+            guard::Verdict::Refuse(r) => Verdict::Refuse {
+                code: "42501",
+                message: r.message.clone(),
             },
             guard::Verdict::AllowReapply => Verdict::AllowReapply,
             _ if a.effects.contains(&Effect::ResetAll) => Verdict::AllowReapply,
@@ -230,6 +226,11 @@ pub fn effects(sql: &str) -> Vec<Effect> {
                         out.push(Effect::Reset(name))
                     }
                     Ok(VariableSetKind::VarResetAll) => out.push(Effect::ResetAll),
+                    // SET SESSION CHARACTERISTICS AS TRANSACTION ...: the session
+                    // defaults default_transaction_{isolation,read_only,deferrable}.
+                    Ok(VariableSetKind::VarSetMulti) if name == "session characteristics" => {
+                        out.extend(v.args.iter().filter_map(transaction_default));
+                    }
                     _ => {}
                 }
             }
@@ -244,6 +245,32 @@ pub fn effects(sql: &str) -> Vec<Effect> {
         }
     }
     out
+}
+
+/// One item of `SET SESSION CHARACTERISTICS AS TRANSACTION` as the equivalent `SET` of
+/// its session default (`ISOLATION LEVEL x`, `READ ONLY|WRITE`, `[NOT] DEFERRABLE`).
+fn transaction_default(item: &protobuf::Node) -> Option<Effect> {
+    let protobuf::node::Node::DefElem(d) = item.node.as_ref()? else {
+        return None;
+    };
+    let protobuf::node::Node::AConst(c) = d.arg.as_ref()?.node.as_ref()? else {
+        return None;
+    };
+    let value = match c.val.as_ref()? {
+        protobuf::a_const::Val::Sval(s) => s.sval.clone(),
+        protobuf::a_const::Val::Ival(i) => if i.ival != 0 { "on" } else { "off" }.to_owned(),
+        protobuf::a_const::Val::Boolval(b) => if b.boolval { "on" } else { "off" }.to_owned(),
+        _ => return None,
+    };
+    let name = match d.defname.as_str() {
+        n @ ("transaction_isolation" | "transaction_read_only" | "transaction_deferrable") => {
+            format!("default_{n}")
+        }
+        _ => return None,
+    };
+    // Values come from the grammar's keywords (no quotes inside).
+    let sql = format!("SET {name} = '{value}'");
+    Some(Effect::Set { name, sql })
 }
 
 /// Name of a feature in `sql` that cannot work when each transaction may run on a
@@ -351,6 +378,25 @@ mod tests {
             }]
         );
         assert!(effects("SELECT 1").is_empty());
+        let set = |name: &str, sql: &str| Effect::Set {
+            name: name.into(),
+            sql: sql.into(),
+        };
+        assert_eq!(
+            effects(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, NOT DEFERRABLE"
+            ),
+            vec![
+                set(
+                    "default_transaction_isolation",
+                    "SET default_transaction_isolation = 'repeatable read'"
+                ),
+                set("default_transaction_read_only", "SET default_transaction_read_only = 'on'"),
+                set("default_transaction_deferrable", "SET default_transaction_deferrable = 'off'"),
+            ]
+        );
+        // Only the current transaction: nothing to remember.
+        assert!(effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_empty());
     }
 
     #[test]

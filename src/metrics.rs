@@ -24,6 +24,9 @@ pub struct Metrics {
     pub context_round_trips: AtomicU64,
     pub cancels_forwarded: AtomicU64,
     pub cancels_ignored: AtomicU64,
+    /// Transaction-mode clients that kept their server for the rest of their session.
+    pub pins: AtomicU64,
+    pub pinned_active: AtomicI64,
 }
 
 impl Metrics {

@@ -4,9 +4,11 @@
 //! has), and know when nothing is in flight. No I/O.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::prepared::Statement;
 use crate::protocol::backend as be;
 
 /// What kind of reply a forwarded client message gets.
@@ -38,16 +40,25 @@ impl Reply {
     }
 }
 
+/// A Parse of a named statement the server may fail or skip (after an earlier error).
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The server-side statement name.
+    pub server: String,
+    /// The client's statement, for a client's own Parse.
+    pub client: Option<Arc<Statement>>,
+}
+
 /// One expected reply.
 #[derive(Debug)]
 enum Expect {
-    /// A client message: replies are forwarded. Parse entries carry the server-side
-    /// statement name so a failed Parse can be forgotten.
-    Client(Reply, Option<String>),
+    /// A client message: replies are forwarded. Parse entries of named statements say
+    /// which statement, so a failed Parse can be forgotten.
+    Client(Reply, Option<Parsed>),
     /// A proxy message answered up to ReadyForQuery: replies are consumed.
     Proxy { critical: bool },
     /// A proxy message answered by one message (ParseComplete/CloseComplete): consumed.
-    SwallowOne(Reply, Option<String>),
+    SwallowOne(Reply, Option<Parsed>),
     /// A reply the proxy produces itself, in order (the server never sees the message).
     Synthetic(BytesMut),
 }
@@ -67,8 +78,8 @@ pub enum Disposition {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     q: VecDeque<Expect>,
-    /// Server statement names whose Parse failed or was skipped after an error.
-    failed_parses: Vec<String>,
+    /// Parses the server failed or skipped after an error.
+    failed_parses: Vec<Parsed>,
 }
 
 impl Pipeline {
@@ -80,9 +91,13 @@ impl Pipeline {
         self.q.push_back(Expect::Client(reply, None));
     }
 
-    /// A client Parse sent under server name `name`.
-    pub fn client_parse(&mut self, name: String) {
-        self.q.push_back(Expect::Client(Reply::Parse, Some(name)));
+    /// The client's Parse of its named statement `stmt`.
+    pub fn client_parse(&mut self, stmt: Arc<Statement>) {
+        let parsed = Parsed {
+            server: stmt.server_name.clone(),
+            client: Some(stmt),
+        };
+        self.q.push_back(Expect::Client(Reply::Parse, Some(parsed)));
     }
 
     pub fn proxy(&mut self, critical: bool) {
@@ -96,12 +111,16 @@ impl Pipeline {
 
     /// A proxy Parse (of statement `name`) whose ParseComplete is consumed.
     pub fn swallow_parse(&mut self, name: String) {
+        let parsed = Parsed {
+            server: name,
+            client: None,
+        };
         self.q
-            .push_back(Expect::SwallowOne(Reply::Parse, Some(name)));
+            .push_back(Expect::SwallowOne(Reply::Parse, Some(parsed)));
     }
 
-    /// Statement names that the server did not prepare after all.
-    pub fn take_failed_parses(&mut self) -> Vec<String> {
+    /// Statements that the server did not prepare after all.
+    pub fn take_failed_parses(&mut self) -> Vec<Parsed> {
         std::mem::take(&mut self.failed_parses)
     }
 
@@ -180,10 +199,11 @@ impl Pipeline {
                     ) {
                         break;
                     }
-                    if let Some(Expect::Client(_, Some(name)) | Expect::SwallowOne(_, Some(name))) =
-                        self.q.pop_front()
+                    if let Some(
+                        Expect::Client(_, Some(parsed)) | Expect::SwallowOne(_, Some(parsed)),
+                    ) = self.q.pop_front()
                     {
-                        self.failed_parses.push(name);
+                        self.failed_parses.push(parsed);
                     }
                 }
             }
@@ -276,7 +296,9 @@ mod tests {
         p.client(Reply::Bind);
         p.client(Reply::UntilReady);
         assert_eq!(p.on_message(b'E'), Disposition::Forward);
-        assert_eq!(p.take_failed_parses(), vec!["s".to_owned()]);
+        let failed = p.take_failed_parses();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].server, "s");
         assert_eq!(p.on_message(b'Z'), Disposition::Forward);
         assert!(p.is_empty());
     }

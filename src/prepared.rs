@@ -61,6 +61,11 @@ impl ClientStatements {
     pub fn clear(&mut self) {
         self.map.clear();
     }
+
+    /// Forgets `stmt` (its Parse failed), unless the name was parsed again since.
+    pub fn forget(&mut self, stmt: &Arc<Statement>) {
+        self.map.retain(|_, s| !Arc::ptr_eq(s, stmt));
+    }
 }
 
 /// Server-side statement name: stable for the same text and parameter types.

@@ -4,8 +4,9 @@
 
 use bytes::BytesMut;
 
+use super::Pinned;
 use super::Session;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, SessionFeatures};
 use crate::error::ClientError;
 use crate::inspect::{Effect, Verdict};
 use crate::metrics::Metrics;
@@ -60,7 +61,7 @@ impl Session<'_> {
                     self.add_server_statement(&stmt.server_name, &mut out);
                 }
                 out.extend_from_slice(&stmt.parse);
-                self.pipeline.client_parse(stmt.server_name.clone());
+                self.pipeline.client_parse(stmt);
                 Ok(Some(out))
             }
             fe::BIND => {
@@ -202,12 +203,16 @@ impl Session<'_> {
             .state
             .inspector
             .inspect_message(tag, &self.cbuf[start..end]);
-        match verdict {
-            Verdict::Allow => {}
-            Verdict::AllowReapply => self.reapply_after_sync = true,
-            Verdict::Refuse { code, message } => {
-                return Some(self.refusal_message(tag, start, end, code, message))
+        if let Verdict::Refuse { code, message } = verdict {
+            return Some(self.refusal_message(tag, start, end, code, message));
+        }
+        if let Some(feature) = analysis.as_ref().and_then(|a| a.session_only) {
+            if let Err(message) = self.pin(feature) {
+                return Some(self.refusal_message(tag, start, end, "0A000", message));
             }
+        }
+        if verdict == Verdict::AllowReapply {
+            self.reapply_after_sync = true;
         }
         if self.mode != PoolMode::Transaction {
             return None;
@@ -226,6 +231,39 @@ impl Session<'_> {
             }
         }
         None
+    }
+
+    /// Transaction mode: `feature` needs one server for the rest of the session. With
+    /// `session_features = "pin"` and a free pin slot the client keeps its server until
+    /// it disconnects (the server is then closed); otherwise the refusal message.
+    fn pin(&mut self, feature: &'static str) -> Result<(), String> {
+        if self.pinned.is_some() {
+            return Ok(());
+        }
+        let pool = &self.state.config.pool;
+        let limit = pool.pin_limit();
+        let refused = |why: String| {
+            format!(
+                "{feature} is not supported in transaction pooling mode (the next transaction may \
+                 run on another server connection){why}; use pool mode \"session\" for this client"
+            )
+        };
+        if pool.session_features == SessionFeatures::Refuse {
+            return Err(refused(String::new()));
+        }
+        match Pinned::take(&self.state.metrics, limit) {
+            Some(p) => {
+                tracing::info!(
+                    feature,
+                    "client pinned to its server for the rest of the session"
+                );
+                self.pinned = Some(p);
+                Ok(())
+            }
+            None => Err(refused(format!(
+                " and {limit} clients already hold a pinned server (pool.max_pinned)"
+            ))),
+        }
     }
 
     /// A Query/Parse that makes the server fail with a marker error at the same point

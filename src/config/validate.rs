@@ -68,6 +68,12 @@ impl Config {
                 "must not be empty (e.g. \"DISCARD ALL\")",
             ));
         }
+        if pool.max_pinned.is_some_and(|m| m > pool.size) {
+            return Err(ConfigError::invalid(
+                "pool.max_pinned",
+                format!("must not exceed `pool.size` ({})", pool.size),
+            ));
+        }
         non_zero("pool.acquire_timeout", pool.acquire_timeout)
     }
 
