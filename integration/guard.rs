@@ -5,7 +5,7 @@
 use rlsgate::config::PoolMode;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::{db_error, visible_customers, Env};
+use crate::harness::{db_error, summarize, visible_customers, Env, Raw};
 
 /// Escape attempts (client is tenant acme, trying to reach globex).
 const ATTEMPTS: &[&str] = &[
@@ -175,33 +175,8 @@ fn query_message(sql: &str) -> Vec<u8> {
 /// large-object functions libpq uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_call_messages_are_refused_except_large_objects() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = Env::start().await;
-    let token = env.token("acme");
-    // A raw protocol client: startup, cleartext password, then FunctionCall(set_config).
-    let mut s = tokio::net::TcpStream::connect(env.proxy.addr)
-        .await
-        .unwrap();
-    let mut startup = Vec::new();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "raw"), ("database", "app")] {
-        startup.extend_from_slice(k.as_bytes());
-        startup.push(0);
-        startup.extend_from_slice(v.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend(startup);
-    s.write_all(&msg).await.unwrap();
-    let mut buf = vec![0u8; 9];
-    s.read_exact(&mut buf).await.unwrap(); // AuthenticationCleartextPassword
-    let mut pw = vec![b'p'];
-    pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
-    pw.extend_from_slice(token.as_bytes());
-    pw.push(0);
-    s.write_all(&pw).await.unwrap();
-    read_until_ready(&mut s).await;
+    let mut s = Raw::connect(env.proxy.addr.port(), "raw", &env.token("acme")).await;
     // FunctionCall set_config (oid 2078) with three text arguments, text result.
     let args: [&[u8]; 3] = [b"app.current_tenant", b"globex", b"false"];
     let mut body = Vec::new();
@@ -216,37 +191,20 @@ async fn function_call_messages_are_refused_except_large_objects() {
     let mut f = vec![b'F'];
     f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     f.extend(body);
-    s.write_all(&f).await.unwrap();
-    let replies = read_until_ready(&mut s).await;
-    let text = String::from_utf8_lossy(&replies);
+    s.send(&f).await;
+    let replies = summarize(&s.until_ready(1).await);
     assert!(
-        replies.first() == Some(&b'E') && text.contains("42501") && text.contains("function-call"),
-        "{text}"
+        replies[0].starts_with("E 42501") && replies[0].contains("function-call"),
+        "{replies:?}"
     );
     // The session still has its tenant.
     let q = b"SELECT current_setting('app.current_tenant')\0";
     let mut m = vec![b'Q'];
     m.extend_from_slice(&((q.len() + 4) as i32).to_be_bytes());
     m.extend_from_slice(q);
-    s.write_all(&m).await.unwrap();
-    let replies = read_until_ready(&mut s).await;
-    assert!(String::from_utf8_lossy(&replies).contains("acme"));
-}
-
-/// Reads messages up to and including ReadyForQuery; returns the bytes.
-async fn read_until_ready(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    loop {
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).await.unwrap();
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).await.unwrap();
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&body);
-        if head[0] == b'Z' {
-            return out;
-        }
-    }
+    s.send(&m).await;
+    let replies = s.until_ready(1).await;
+    assert!(replies
+        .iter()
+        .any(|(tag, body)| *tag == b'D' && String::from_utf8_lossy(body).contains("acme")));
 }

@@ -200,3 +200,90 @@ pub async fn visible_customers(client: &Client) -> Vec<(String, String)> {
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// A raw protocol client (messages built with `postgres-protocol`), for sequences no
+/// driver sends: pipelines with errors, Flush orderings, FunctionCall.
+pub struct Raw {
+    s: tokio::net::TcpStream,
+}
+
+/// One backend message: tag and body.
+pub type RawMessage = (u8, Vec<u8>);
+
+impl Raw {
+    /// Starts up as `user` on database `app`, answering a cleartext password request
+    /// with `password`, and reads up to the first ReadyForQuery.
+    pub async fn connect(port: u16, user: &str, password: &str) -> Raw {
+        use postgres_protocol::message::frontend;
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("raw connect");
+        let mut raw = Raw { s };
+        let mut buf = bytes::BytesMut::new();
+        frontend::startup_message([("user", user), ("database", "app")], &mut buf).unwrap();
+        raw.send(&buf).await;
+        loop {
+            let (tag, body) = raw.read().await;
+            match (tag, body.get(..4)) {
+                (b'R', Some([0, 0, 0, 3])) => {
+                    let mut buf = bytes::BytesMut::new();
+                    frontend::password_message(password.as_bytes(), &mut buf).unwrap();
+                    raw.send(&buf).await;
+                }
+                (b'E', _) => panic!("raw login failed: {}", String::from_utf8_lossy(&body)),
+                (b'Z', _) => return raw,
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// The next backend message.
+    pub async fn read(&mut self) -> RawMessage {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 5];
+        self.s.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.s.read_exact(&mut body).await.unwrap();
+        (head[0], body)
+    }
+
+    /// Messages up to and including the `n`th ReadyForQuery (10 s at most).
+    pub async fn until_ready(&mut self, n: usize) -> Vec<RawMessage> {
+        let read = async {
+            let mut out = Vec::new();
+            let mut seen = 0;
+            while seen < n {
+                let m = self.read().await;
+                seen += usize::from(m.0 == b'Z');
+                out.push(m);
+            }
+            out
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("ReadyForQuery within 10 s")
+    }
+}
+
+/// Messages as comparable lines: the tag, plus SQLSTATE and message for errors and the
+/// status for ReadyForQuery (other bodies vary between servers: pids, timings).
+pub fn summarize(msgs: &[RawMessage]) -> Vec<String> {
+    msgs.iter()
+        .map(|(tag, body)| match tag {
+            b'E' => {
+                let mut msg = vec![*tag, 0, 0, 0, 0];
+                msg.extend_from_slice(body);
+                let f = rlsgate::protocol::parse_error_fields(&msg);
+                format!("E {} {}", f.code, f.message)
+            }
+            b'Z' => format!("Z {}", body.first().map_or('?', |b| *b as char)),
+            t => (*t as char).to_string(),
+        })
+        .collect()
+}

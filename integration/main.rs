@@ -15,6 +15,7 @@ mod guard;
 mod pin;
 mod policy;
 mod pool;
+mod protocol;
 mod psql;
 mod restart;
 mod security;

@@ -552,6 +552,11 @@ impl Session<'_> {
                         be::ERROR_RESPONSE => {
                             let f = protocol::parse_error_fields(msg);
                             self.server_fatal |= f.severity == "FATAL" || f.severity == "PANIC";
+                            if let Some(fixed) = self.statements.unrename_error(msg) {
+                                write_client(&mut self.client, &buf[sent..start]).await?;
+                                write_client(&mut self.client, &fixed).await?;
+                                sent = end;
+                            }
                         }
                         _ => {}
                     }

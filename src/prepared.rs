@@ -68,12 +68,29 @@ impl ClientStatements {
     }
 }
 
+/// Prefix of every server-side statement name.
+pub const SERVER_PREFIX: &str = "rlsgate_";
+
+impl ClientStatements {
+    /// A server error naming one of the client's statements by its server name (e.g.
+    /// `prepared statement "rlsgate_…" requires 4`), rewritten to the client's name as
+    /// PostgreSQL would have said it; `None` when nothing needs rewriting.
+    pub fn unrename_error(&self, msg: &[u8]) -> Option<BytesMut> {
+        let prefix = SERVER_PREFIX.as_bytes();
+        let at = msg.windows(prefix.len()).position(|w| w == prefix)?;
+        let len = SERVER_PREFIX.len() + 16;
+        let server = std::str::from_utf8(msg.get(at..at + len)?).ok()?;
+        let (client, _) = self.map.iter().find(|(_, s)| s.server_name == server)?;
+        protocol::replace_in_error(msg, server, client)
+    }
+}
+
 /// Server-side statement name: stable for the same text and parameter types.
 fn server_name(query_and_types: &[u8]) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     query_and_types.hash(&mut h);
-    format!("rlsgate_{:016x}", h.finish())
+    format!("{SERVER_PREFIX}{:016x}", h.finish())
 }
 
 /// What one server has prepared (server names), least recently used first out.

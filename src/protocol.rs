@@ -236,6 +236,25 @@ pub fn parse_error_fields(msg: &[u8]) -> ErrorFields {
     out
 }
 
+/// An ErrorResponse/NoticeResponse with `from` replaced by `to` in every field; `None`
+/// when the message is malformed.
+pub fn replace_in_error(msg: &[u8], from: &str, to: &str) -> Option<BytesMut> {
+    let b = body(msg);
+    let mut out = BytesMut::with_capacity(msg.len() + to.len());
+    let start = begin(&mut out, *msg.first()?);
+    let mut pos = 0;
+    while *b.get(pos)? != 0 {
+        let field = b[pos];
+        pos += 1;
+        let value = read_cstr(b, &mut pos)?;
+        out.put_u8(field);
+        put_cstr(&mut out, &value.replace(from, to));
+    }
+    out.put_u8(0);
+    finish(&mut out, start);
+    Some(out)
+}
+
 /// Severity of an ErrorResponse the proxy sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

@@ -42,6 +42,14 @@ impl Session<'_> {
                     self.pipeline.client(Reply::Parse);
                     return Ok(None);
                 }
+                if let Some(name) = parse_statement_name(&self.cbuf[start..end])
+                    .filter(|n| self.statements.get(n).is_some())
+                {
+                    // As directly: the name must be closed before it is parsed again.
+                    let message = format!("prepared statement \"{name}\" already exists");
+                    self.pipeline.client(Reply::Parse);
+                    return Ok(Some(self.marker_message(tag, start, end, "42P05", message)));
+                }
                 let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
                     // Unnamed: remembered so a Bind in a later transaction (maybe on
                     // another server) runs this client's statement, not another's.
@@ -287,6 +295,19 @@ impl Session<'_> {
             fingerprint = fingerprint.as_deref().unwrap_or("-"),
             "statement refused"
         );
+        self.marker_message(tag, start, end, code, message)
+    }
+
+    /// The marker Query/Parse standing in for a client message that fails with `code`
+    /// and `message` (see `refusal_message`).
+    fn marker_message(
+        &mut self,
+        tag: u8,
+        start: usize,
+        end: usize,
+        code: &'static str,
+        message: String,
+    ) -> BytesMut {
         self.refusals.push_back((code, message));
         let sql = format!("SELECT {}.refused", self.marker);
         let mut out = BytesMut::new();

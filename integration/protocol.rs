@@ -1,0 +1,144 @@
+//! Raw protocol sequences no driver sends, compared message by message with the same
+//! sequence sent directly to PostgreSQL (transaction mode, where statements are renamed
+//! and servers change between transactions).
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use postgres_protocol::IsNull;
+use rlsgate::config::PoolMode;
+
+use crate::harness::{summarize, Env, Raw};
+
+fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
+    frontend::parse(name, sql, [], buf).unwrap();
+}
+
+fn bind(buf: &mut BytesMut, stmt: &str, params: &[&str]) {
+    let r = frontend::bind(
+        "",
+        stmt,
+        [],
+        params.iter(),
+        |p, b| {
+            b.extend_from_slice(p.as_bytes());
+            Ok(IsNull::No)
+        },
+        [],
+        buf,
+    );
+    assert!(r.is_ok());
+}
+
+fn execute(buf: &mut BytesMut) {
+    frontend::execute("", 0, buf).unwrap();
+}
+
+/// Runs `steps` (bytes to send, ReadyForQuery count to wait for; 0 = read exactly one
+/// message) on a direct connection and through rlsgate; returns both summaries.
+async fn run_both(env: &Env, steps: &[(BytesMut, usize)]) -> (Vec<String>, Vec<String>) {
+    let mut direct = Raw::connect(env.pg.port(), "postgres", "").await;
+    let mut proxied = Raw::connect(env.proxy.addr.port(), "u", &env.token("acme")).await;
+    let mut out = (Vec::new(), Vec::new());
+    for (bytes, readies) in steps {
+        for (raw, lines) in [(&mut direct, &mut out.0), (&mut proxied, &mut out.1)] {
+            raw.send(bytes).await;
+            let msgs = if *readies == 0 {
+                vec![
+                    tokio::time::timeout(std::time::Duration::from_secs(10), raw.read())
+                        .await
+                        .expect("reply to Flush within 10 s"),
+                ]
+            } else {
+                raw.until_ready(*readies).await
+            };
+            lines.extend(summarize(&msgs));
+        }
+    }
+    (out.0, out.1)
+}
+
+async fn txn_env() -> Env {
+    Env::with(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = 2;
+    })
+    .await
+}
+
+/// Errors mid-pipeline: a named statement whose Parse the server skipped does not
+/// exist afterwards; a Bind with the wrong parameter count and a re-Parse of an
+/// existing name get PostgreSQL's errors, naming the client's statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_errors_match_postgres() {
+    let env = txn_env().await;
+    let mut steps = Vec::new();
+    let mut b = BytesMut::new();
+    parse(&mut b, "ok1", "SELECT 1");
+    bind(&mut b, "ok1", &[]);
+    execute(&mut b);
+    parse(&mut b, "bad", "SELECT 1/0");
+    bind(&mut b, "bad", &[]);
+    execute(&mut b);
+    parse(&mut b, "skipped", "SELECT 3");
+    bind(&mut b, "skipped", &[]);
+    execute(&mut b);
+    frontend::sync(&mut b);
+    steps.push((b, 1));
+    let mut b = BytesMut::new();
+    frontend::describe(b'S', "skipped", &mut b).unwrap();
+    frontend::sync(&mut b);
+    bind(&mut b, "ok1", &[]);
+    execute(&mut b);
+    frontend::sync(&mut b);
+    steps.push((b, 2));
+    let mut b = BytesMut::new();
+    parse(&mut b, "p", "SELECT $1::int + $2::int");
+    frontend::sync(&mut b);
+    bind(&mut b, "p", &["1"]);
+    execute(&mut b);
+    frontend::sync(&mut b);
+    bind(&mut b, "p", &["1", "2"]);
+    execute(&mut b);
+    frontend::sync(&mut b);
+    steps.push((b, 3));
+    let mut b = BytesMut::new();
+    parse(&mut b, "p", "SELECT 2");
+    frontend::sync(&mut b);
+    bind(&mut b, "p", &["40", "2"]);
+    execute(&mut b);
+    frontend::sync(&mut b);
+    steps.push((b, 2));
+    let (direct, proxied) = run_both(&env, &steps).await;
+    assert!(
+        direct.iter().any(|l| l.contains("26000")) && direct.iter().any(|l| l.contains("42P05")),
+        "{direct:#?}"
+    );
+    assert_eq!(proxied, direct);
+}
+
+/// Flush makes the server answer what it has: each reply arrives at its Flush, through
+/// rlsgate as directly, including the first Parse of a named statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_answers_at_once() {
+    let env = txn_env().await;
+    let mut steps = Vec::new();
+    let mut b = BytesMut::new();
+    parse(&mut b, "f1", "SELECT 42 AS answer");
+    frontend::flush(&mut b);
+    steps.push((b, 0));
+    let mut b = BytesMut::new();
+    bind(&mut b, "f1", &[]);
+    frontend::flush(&mut b);
+    steps.push((b, 0));
+    let mut b = BytesMut::new();
+    frontend::describe(b'P', "", &mut b).unwrap();
+    frontend::flush(&mut b);
+    steps.push((b, 0));
+    let mut b = BytesMut::new();
+    execute(&mut b);
+    frontend::sync(&mut b);
+    steps.push((b, 1));
+    let (direct, proxied) = run_both(&env, &steps).await;
+    assert_eq!(direct, ["1", "2", "T", "D", "C", "Z I"]);
+    assert_eq!(proxied, direct);
+}
