@@ -19,22 +19,21 @@ use pgwire::tokio::server::MaybeTls;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
-use crate::backend::BackendError;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::handshake::Authenticated;
 use crate::metrics::Metrics;
-use crate::pipeline::{Disposition, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::pool::Manager;
 use crate::prepared::ClientStatements;
-use crate::protocol::{self, backend as be, frontend as fe, Scanner, Severity, Step, TxStatus};
+use crate::protocol::{self, frontend as fe, Scanner, Severity, Step, TxStatus};
 use crate::server::State;
 use crate::tenant::SessionContext;
 
 mod messages;
+mod replies;
 
 /// Read-buffer growth step; large enough to batch many small messages per syscall.
 const READ_CHUNK: usize = 16 * 1024;
@@ -459,190 +458,6 @@ impl Session<'_> {
             && self.to_server.is_empty()
             && self.server.as_ref().is_none_or(|s| s.rbuf.is_empty())
     }
-
-    /// Processes server messages: consumes replies to the proxy's own statements,
-    /// emits synthetic replies in order, forwards the rest, swaps marker errors for
-    /// refusals, tracks ReadyForQuery and ParameterStatus.
-    async fn on_server_data(&mut self) -> Result<(), ClientError> {
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
-        let crate::backend::ServerConn {
-            rbuf: buf,
-            statements,
-            ..
-        } = &mut **server;
-        let mut params = Vec::new();
-        let mut pos = 0; // scanned
-        let mut sent = 0; // forwarded or dropped
-        loop {
-            if let Some(bytes) = self.pipeline.take_synthetic() {
-                write_client(&mut self.client, &buf[sent..pos]).await?;
-                write_client(&mut self.client, &bytes).await?;
-                sent = pos;
-                continue;
-            }
-            let want: fn(u8) -> bool = if self.pipeline.front_is_proxy() {
-                all
-            } else {
-                wanted_down
-            };
-            let (tag, start, end) = match self.down.step(buf, pos, want).map_err(proto)? {
-                Step::Pass { end, .. } => {
-                    pos = end;
-                    continue;
-                }
-                Step::NeedMore { start } => {
-                    pos = start;
-                    break;
-                }
-                Step::Message { tag, start, end } => (tag, start, end),
-            };
-            pos = end;
-            let msg = &buf[start..end];
-            let disposition = self.pipeline.on_message(tag);
-            for failed in self.pipeline.take_failed_parses() {
-                // As directly: a statement whose Parse failed or was skipped does not exist.
-                statements.remove(&failed.server);
-                if let Some(stmt) = failed.client {
-                    self.statements.forget(&stmt);
-                }
-            }
-            match disposition {
-                Disposition::Swallow => {
-                    if tag == be::READY_FOR_QUERY {
-                        if let Some(err) = self.proxy_error.take() {
-                            debug!(code = %err.code, "re-applying context failed in an aborted transaction");
-                        }
-                    }
-                }
-                Disposition::ProxyError { critical } => {
-                    let fields = protocol::parse_error_fields(msg);
-                    if critical {
-                        return Err(ClientError::ContextFailed(fields.message));
-                    }
-                    self.proxy_error = Some(fields);
-                }
-                Disposition::Forward => {
-                    match tag {
-                        be::READY_FOR_QUERY => {
-                            self.tx = TxStatus::from_byte(
-                                msg.get(protocol::HEADER_LEN).copied().unwrap_or(0),
-                            )
-                            .unwrap_or(TxStatus::Failed);
-                        }
-                        be::PARAMETER_STATUS => {
-                            if let Some((n, v)) = protocol::parse_parameter_status(msg) {
-                                params.push((n.to_owned(), v.to_owned()));
-                            }
-                        }
-                        be::ERROR_RESPONSE
-                            if is_marker_error(&self.refusals, &self.marker, msg) =>
-                        {
-                            let (code, refusal) = self
-                                .refusals
-                                .pop_front()
-                                .unwrap_or(("42501", String::new()));
-                            write_client(&mut self.client, &buf[sent..start]).await?;
-                            let mut err = BytesMut::new();
-                            protocol::put_error(&mut err, Severity::Error, code, &refusal);
-                            write_client(&mut self.client, &err).await?;
-                            sent = end;
-                        }
-                        be::ERROR_RESPONSE => {
-                            let f = protocol::parse_error_fields(msg);
-                            self.server_fatal |= f.severity == "FATAL" || f.severity == "PANIC";
-                            if let Some(fixed) = self.statements.unrename_error(msg) {
-                                write_client(&mut self.client, &buf[sent..start]).await?;
-                                write_client(&mut self.client, &fixed).await?;
-                                sent = end;
-                            }
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
-            }
-            // Consumed: send what came before it, drop the message itself.
-            write_client(&mut self.client, &buf[sent..start]).await?;
-            sent = end;
-        }
-        write_client(&mut self.client, &buf[sent..pos]).await?;
-        buf.advance(pos);
-        for (n, v) in params {
-            server.note_parameter(&n, &v);
-        }
-        self.client.flush().await?;
-        self.maybe_release().await;
-        Ok(())
-    }
-
-    /// Ends the session: returns or discards the server, tells the client why if needed.
-    async fn finish(&mut self, end: Result<End, ClientError>) -> Result<(), ClientError> {
-        let at_boundary = self.at_boundary();
-        debug!(end = ?end, at_boundary, "session ended");
-        let mut server = self.server.take();
-        if let Some(s) = server.as_mut() {
-            s.tx = self.tx;
-        }
-        {
-            // No cancel may reach the backend once it goes back to the pool.
-            let gate = self.cancel_gate.clone();
-            let _held = gate.lock().await;
-            self.state.cancel.remove(self.key.0, self.key.1);
-        }
-        let pool = &self.state.pool;
-        if self.pinned.take().is_some() {
-            // Temporary tables, LISTEN, held cursors, advisory locks: never handed on.
-            if let Some(s) = server.take() {
-                pool.discard(s, "pinned session ended").await;
-            }
-        }
-        match end {
-            Ok(End::Terminate) | Ok(End::ClientEof) => {
-                if let Some(s) = server {
-                    pool.checkin(s, at_boundary).await;
-                }
-                Ok(())
-            }
-            Ok(End::Shutdown) => {
-                if let Some(s) = server {
-                    pool.checkin(s, at_boundary).await;
-                }
-                fatal(&mut self.client, ClientError::Shutdown).await
-            }
-            Ok(End::ServerEof) => {
-                if let Some(s) = server {
-                    pool.discard(s, "server closed the connection").await;
-                }
-                if self.server_fatal {
-                    // The client already has the server's own FATAL (e.g. 57P01).
-                    let _ = self.client.shutdown().await;
-                    return Ok(());
-                }
-                let err = ClientError::Upstream(BackendError::Protocol(
-                    "server closed the connection unexpectedly".into(),
-                ));
-                fatal(&mut self.client, err).await
-            }
-            Err(e) => {
-                if let Some(s) = server {
-                    pool.discard(s, "session failed").await;
-                }
-                match e {
-                    ClientError::ContextFailed(_) => {
-                        warn!(error = %e, "tenant context could not be applied; session closed");
-                        fatal(&mut self.client, e).await
-                    }
-                    // Tell the client why (pool exhausted, upstream gone) before closing.
-                    ClientError::Checkout(_) | ClientError::Upstream(_) => {
-                        fatal(&mut self.client, e).await
-                    }
-                    e => Err(e),
-                }
-            }
-        }
-    }
 }
 
 fn proto(e: protocol::FrameError) -> ClientError {
@@ -663,40 +478,6 @@ fn wanted_up(tag: u8) -> bool {
             | fe::CLOSE
             | fe::FLUSH
     )
-}
-
-/// Server messages the proxy reads whole: replies that end an expected reply (see
-/// [`crate::pipeline`]) and the few it acts on. DataRow and COPY data stream through.
-fn wanted_down(tag: u8) -> bool {
-    matches!(
-        tag,
-        be::READY_FOR_QUERY
-            | be::PARAMETER_STATUS
-            | be::ERROR_RESPONSE
-            | be::NOTICE_RESPONSE
-            | b'1'
-            | b'2'
-            | b'3'
-            | b'C'
-            | b'I'
-            | b's'
-            | b'T'
-            | b'n'
-            | b'A'
-    )
-}
-
-fn is_marker_error(refusals: &VecDeque<(&'static str, String)>, marker: &str, msg: &[u8]) -> bool {
-    !refusals.is_empty() && protocol::parse_error_fields(msg).message.contains(marker)
-}
-
-fn all(_: u8) -> bool {
-    true
-}
-
-async fn write_client(client: &mut MaybeTls, bytes: &[u8]) -> Result<(), ClientError> {
-    client.write_all(bytes).await?;
-    Ok(())
 }
 
 /// Sends a FATAL ErrorResponse for `err` and returns it.
