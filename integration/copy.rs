@@ -83,3 +83,45 @@ async fn copy_in_and_out_respect_rls() {
         .get(0);
     assert_eq!(n, 1003);
 }
+
+/// Transaction mode, one server: tokio-postgres sends a Sync right behind the Execute
+/// of `COPY ... FROM STDIN`, which PostgreSQL ignores in copy-in mode. The proxy must
+/// not wait for its ReadyForQuery: after each COPY (succeeding or failing) the server
+/// goes back to the pool, so the other client's transactions get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_in_releases_the_server_in_transaction_mode() {
+    let env = Env::with(|c| {
+        c.pool.mode = rlsgate::config::PoolMode::Transaction;
+        c.pool.size = 1;
+        c.pool.acquire_timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
+    env.admin()
+        .await
+        .batch_execute("CREATE TABLE copy_sink (x int); GRANT ALL ON copy_sink TO app_rls")
+        .await
+        .unwrap();
+    let a = env.connect("acme").await;
+    let b = env.connect("globex").await;
+    for i in 0..10 {
+        let sink = a.copy_in("COPY copy_sink FROM STDIN").await.unwrap();
+        futures::pin_mut!(sink);
+        sink.send(Bytes::from(format!("{i}\n"))).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 1);
+        // A failing COPY (bad data) ends the same way.
+        let sink = a.copy_in("COPY copy_sink FROM STDIN").await.unwrap();
+        futures::pin_mut!(sink);
+        sink.send(Bytes::from_static(b"not a number\n"))
+            .await
+            .unwrap();
+        let err = sink.finish().await.unwrap_err();
+        assert_eq!(db_error(&err).0, "22P02");
+        // The other client gets the only server.
+        let n: i64 = b
+            .query_one("SELECT count(*) FROM copy_sink", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, i + 1);
+    }
+}

@@ -477,6 +477,8 @@ fn wanted_up(tag: u8) -> bool {
             | fe::DESCRIBE
             | fe::CLOSE
             | fe::FLUSH
+            | fe::COPY_DONE
+            | fe::COPY_FAIL
     )
 }
 

@@ -298,7 +298,19 @@ pub fn session_only(sql: &str) -> Option<&'static str> {
             {
                 Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
             }
+            NodeRef::SelectStmt(sel)
+                if sel
+                    .into_clause
+                    .as_ref()
+                    .is_some_and(|i| is_temp(i.rel.as_ref()) && !drops_on_commit(i.on_commit)) =>
+            {
+                Some("a temporary table that outlives its transaction (use ON COMMIT DROP)")
+            }
             NodeRef::ViewStmt(v) if is_temp(v.view.as_ref()) => Some(TEMP_OBJECT),
+            NodeRef::CompositeTypeStmt(t) if is_temp(t.typevar.as_ref()) => Some(TEMP_OBJECT),
+            NodeRef::CreateEnumStmt(t) if in_pg_temp(&t.type_name) => Some(TEMP_OBJECT),
+            NodeRef::CreateRangeStmt(t) if in_pg_temp(&t.type_name) => Some(TEMP_OBJECT),
+            NodeRef::DefineStmt(d) if in_pg_temp(&d.defnames) => Some(TEMP_OBJECT),
             NodeRef::CreateSeqStmt(c) if is_temp(c.sequence.as_ref()) => Some(TEMP_OBJECT),
             NodeRef::CreateDomainStmt(d) if in_pg_temp(&d.domainname) => Some(TEMP_OBJECT),
             NodeRef::CreateFunctionStmt(f) if in_pg_temp(&f.funcname) => Some(TEMP_OBJECT),
@@ -437,6 +449,11 @@ mod tests {
             "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
             "CREATE TEMP VIEW v AS SELECT 1",
             "CREATE TEMP SEQUENCE s",
+            "CREATE TYPE pg_temp.item AS (name text, price numeric)",
+            "CREATE TYPE pg_temp.mood AS ENUM ('sad', 'ok')",
+            "CREATE TYPE pg_temp.r AS RANGE (subtype = int4)",
+            "CREATE TYPE pg_temp.shell",
+            "SELECT 1 AS x INTO TEMP t",
             "PREPARE p AS SELECT 1",
             "EXECUTE p",
         ] {
@@ -449,6 +466,8 @@ mod tests {
             "CREATE TABLE t (x int)",
             "CREATE TABLE pg_temp.t (x int) ON COMMIT DROP",
             "CREATE DOMAIN d AS int",
+            "CREATE TYPE item AS (name text)",
+            "SELECT 1 AS x INTO t",
             "SELECT * FROM pg_temp.t",
             "SELECT 1",
             "NOTIFY jobs",

@@ -14,8 +14,10 @@ use crate::protocol::backend as be;
 /// What kind of reply a forwarded client message gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
-    /// Query, Sync, FunctionCall: everything up to and including ReadyForQuery.
+    /// Query, FunctionCall: everything up to and including ReadyForQuery.
     UntilReady,
+    /// Sync: the same, but a Sync the server reads in copy-in mode is ignored.
+    Sync,
     Parse,
     Bind,
     Close,
@@ -26,7 +28,7 @@ pub enum Reply {
 impl Reply {
     fn is_terminal(self, tag: u8) -> bool {
         match self {
-            Reply::UntilReady => tag == be::READY_FOR_QUERY,
+            Reply::UntilReady | Reply::Sync => tag == be::READY_FOR_QUERY,
             Reply::Parse => tag == b'1',
             Reply::Bind => tag == b'2',
             Reply::Close => tag == b'3',
@@ -36,7 +38,7 @@ impl Reply {
     }
 
     fn ends_at_ready(self) -> bool {
-        self == Reply::UntilReady
+        self == Reply::UntilReady || self == Reply::Sync
     }
 }
 
@@ -61,6 +63,9 @@ enum Expect {
     SwallowOne(Reply, Option<Parsed>),
     /// A reply the proxy produces itself, in order (the server never sees the message).
     Synthetic(BytesMut),
+    /// Not a reply: the client's CopyDone/CopyFail, sent before the server's
+    /// CopyInResponse arrived (Syncs queued before it are ignored by the server).
+    CopyEnd,
 }
 
 /// What to do with one server message.
@@ -80,11 +85,60 @@ pub struct Pipeline {
     q: VecDeque<Expect>,
     /// Parses the server failed or skipped after an error.
     failed_parses: Vec<Parsed>,
+    /// The server is in copy-in mode and the client has not ended the copy yet.
+    copy_in: bool,
 }
 
 impl Pipeline {
     pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        self.q.iter().all(|e| matches!(e, Expect::CopyEnd))
+    }
+
+    /// The client's Sync. PostgreSQL ignores a Sync it reads in copy-in mode (drivers
+    /// such as tokio-postgres send one right behind the Execute of a `COPY FROM
+    /// STDIN`): no reply is expected for it.
+    pub fn sync(&mut self) {
+        if !self.copy_in {
+            self.q.push_back(Expect::Client(Reply::Sync, None));
+        }
+    }
+
+    /// The client's CopyDone or CopyFail.
+    pub fn copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else if !self.is_empty() {
+            // The CopyInResponse is still to come (or there is no copy, and PostgreSQL
+            // ignores the message; the marker then goes with the entries before it).
+            self.q.push_back(Expect::CopyEnd);
+        }
+    }
+
+    /// CopyInResponse: Syncs the client sent since the COPY started, up to its
+    /// CopyDone/CopyFail, are ignored by the server.
+    fn on_copy_in(&mut self) {
+        self.copy_in = true;
+        let mut i = 1;
+        while i < self.q.len() {
+            match self.q[i] {
+                Expect::Client(Reply::Sync, _) => {
+                    self.q.remove(i);
+                }
+                Expect::CopyEnd => {
+                    self.q.remove(i);
+                    self.copy_in = false;
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// Drops CopyEnd markers at the front (their copy ended or never started).
+    fn skip_markers(&mut self) {
+        while matches!(self.q.front(), Some(Expect::CopyEnd)) {
+            self.q.pop_front();
+        }
     }
 
     pub fn client(&mut self, reply: Reply) {
@@ -131,13 +185,14 @@ impl Pipeline {
     /// True when the next server message belongs to the proxy (and must be read whole).
     pub fn front_is_proxy(&self) -> bool {
         matches!(
-            self.q.front(),
+            self.q.iter().find(|e| !matches!(e, Expect::CopyEnd)),
             Some(Expect::Proxy { .. } | Expect::SwallowOne(..))
         )
     }
 
     /// Synthetic replies that are due now (nothing the server owes comes before them).
     pub fn take_synthetic(&mut self) -> Option<BytesMut> {
+        self.skip_markers();
         if let Some(Expect::Synthetic(_)) = self.q.front() {
             if let Some(Expect::Synthetic(b)) = self.q.pop_front() {
                 return Some(b);
@@ -148,12 +203,13 @@ impl Pipeline {
 
     /// Accounts for one server message with `tag` and says what to do with it.
     pub fn on_message(&mut self, tag: u8) -> Disposition {
+        self.skip_markers();
         let Some(front) = self.q.front() else {
             // Unsolicited (NoticeResponse, ParameterStatus, NotificationResponse).
             return Disposition::Forward;
         };
         let disposition = match front {
-            Expect::Client(..) | Expect::Synthetic(_) => Disposition::Forward,
+            Expect::Client(..) | Expect::Synthetic(_) | Expect::CopyEnd => Disposition::Forward,
             Expect::Proxy { critical } if tag == be::ERROR_RESPONSE => Disposition::ProxyError {
                 critical: *critical,
             },
@@ -168,6 +224,9 @@ impl Pipeline {
         if tag == be::ERROR_RESPONSE {
             self.on_error();
         } else {
+            if tag == be::COPY_IN_RESPONSE {
+                self.on_copy_in();
+            }
             self.on_reply(tag);
         }
         disposition
@@ -195,7 +254,7 @@ impl Pipeline {
                 while let Some(e) = self.q.front() {
                     if matches!(
                         e,
-                        Expect::Client(Reply::UntilReady, _) | Expect::Proxy { .. }
+                        Expect::Client(Reply::UntilReady | Reply::Sync, _) | Expect::Proxy { .. }
                     ) {
                         break;
                     }
@@ -279,6 +338,42 @@ mod tests {
         assert!(p.take_synthetic().is_none());
         p.on_message(b'1');
         assert!(p.take_synthetic().is_some());
+        p.on_message(b'Z');
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_expect_no_reply() {
+        // tokio-postgres: Bind, Execute, Sync; CopyInResponse; data; CopyDone, Sync.
+        let mut p = Pipeline::default();
+        p.client(Reply::Bind);
+        p.client(Reply::Execute);
+        p.sync();
+        p.on_message(b'2');
+        p.on_message(be::COPY_IN_RESPONSE);
+        p.sync(); // also ignored: still in copy-in mode
+        p.copy_end();
+        p.sync();
+        p.on_message(b'C');
+        assert!(!p.is_empty());
+        p.on_message(b'Z');
+        assert!(p.is_empty());
+        // Everything pipelined before the CopyInResponse arrives (simple Query).
+        let mut p = Pipeline::default();
+        p.client(Reply::UntilReady);
+        p.copy_end();
+        p.client(Reply::UntilReady);
+        p.on_message(be::COPY_IN_RESPONSE);
+        p.on_message(b'C');
+        p.on_message(b'Z');
+        assert!(!p.is_empty(), "the second query is still owed");
+        p.on_message(b'Z');
+        assert!(p.is_empty());
+        // A stray CopyDone outside a copy is ignored by PostgreSQL.
+        let mut p = Pipeline::default();
+        p.copy_end();
+        assert!(p.is_empty());
+        p.sync();
         p.on_message(b'Z');
         assert!(p.is_empty());
     }

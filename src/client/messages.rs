@@ -94,7 +94,11 @@ impl Session<'_> {
             }
             fe::SYNC => {
                 self.extended_open = false;
-                self.pipeline.client(Reply::UntilReady);
+                self.pipeline.sync();
+                Ok(None)
+            }
+            fe::COPY_DONE | fe::COPY_FAIL => {
+                self.pipeline.copy_end();
                 Ok(None)
             }
             fe::FUNCTION_CALL => {

@@ -213,6 +213,7 @@ fn wanted_down(tag: u8) -> bool {
             | be::PARAMETER_STATUS
             | be::ERROR_RESPONSE
             | be::NOTICE_RESPONSE
+            | be::COPY_IN_RESPONSE
             | b'1'
             | b'2'
             | b'3'
