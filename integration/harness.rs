@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::process::Output;
 use std::time::Duration;
 
@@ -168,6 +169,26 @@ impl Env {
         rlsgate::metrics::Metrics::get(&self.proxy.state.metrics.upstream_connects)
     }
 
+    /// Upstream connections idle in the pool (checked in, ready for the next client).
+    pub fn idle_servers(&self) -> usize {
+        self.proxy.state.pool.status().available
+    }
+
+    /// Waits until a backend is executing a query that starts with `prefix`
+    /// (`pg_stat_activity.state = 'active'`): the moment a cancel has something to hit.
+    pub async fn wait_for_active_query(&self, prefix: &str) {
+        const ACTIVE: &str = "SELECT count(*) FROM pg_stat_activity \
+                              WHERE state = 'active' AND starts_with(query, $1)";
+        let admin = self.admin().await;
+        let admin = &admin;
+        let what = format!("a backend running `{prefix}...`");
+        wait_for(&what, move || async move {
+            let n: i64 = admin.query_one(ACTIVE, &[&prefix]).await.unwrap().get(0);
+            n > 0
+        })
+        .await;
+    }
+
     /// Sessions of `app_rls` currently connected to PostgreSQL.
     pub async fn upstream_backends(&self) -> i64 {
         self.admin()
@@ -179,6 +200,31 @@ impl Env {
             .await
             .unwrap()
             .get(0)
+    }
+}
+
+/// How long [`wait_for`] waits before failing: generous, since CI runs many tests at
+/// once on two cores.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `f` every 20 ms until it returns true; panics naming `what` once
+/// [`WAIT_DEADLINE`] has passed (a slow `f` counts against the deadline too). Use it
+/// instead of a fixed sleep, which is too short on a loaded machine and too long on an
+/// idle one.
+pub async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT_DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, f()).await {
+            Ok(true) => return,
+            Ok(false) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => panic!("timed out after {WAIT_DEADLINE:?} waiting for {what}"),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{db_error, Env};
+use crate::harness::{db_error, wait_for, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_gives_53300_then_recovers() {
@@ -24,15 +24,14 @@ async fn exhausted_pool_gives_53300_then_recovers() {
     assert!(msg.contains("pool exhausted"), "{msg}");
     drop(holder);
     // The holder's connection returns to the pool once its Terminate is processed.
-    let mut ok = None;
-    for _ in 0..20 {
-        if let Ok(c) = env.connect_token("bob", &env.token("globex")).await {
-            ok = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let c = ok.expect("next client proceeds after release");
+    wait_for("the holder's server to return to the pool", || async {
+        env.idle_servers() == 1
+    })
+    .await;
+    let c = env
+        .connect_token("bob", &env.token("globex"))
+        .await
+        .expect("next client proceeds after release");
     let n: i64 = c
         .query_one("SELECT count(*) FROM customers", &[])
         .await

@@ -1,7 +1,7 @@
 //! PostgreSQL restarted under the proxy: sessions of the old server get an error, new
 //! sessions afterwards work (dead pooled connections are replaced).
 
-use crate::harness::Env;
+use crate::harness::{wait_for, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_errors_old_sessions_and_new_ones_work() {
@@ -11,7 +11,10 @@ async fn postgres_restart_errors_old_sessions_and_new_ones_work() {
     let b = env.connect("globex").await;
     a.simple_query("SELECT 1").await.unwrap();
     drop(b);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    wait_for("b's server to return to the pool", || async {
+        env.idle_servers() == 1
+    })
+    .await;
 
     tokio::task::block_in_place(|| {
         env.pg.stop().unwrap();

@@ -11,7 +11,7 @@ use rlsgate::config::PoolMode;
 use rlsgate::metrics::Metrics;
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{visible_customers, Env};
+use crate::harness::{visible_customers, wait_for, Env};
 
 async fn txn_env(size: usize) -> Env {
     Env::with(|c| {
@@ -67,8 +67,10 @@ async fn clients_share_one_server_and_context_costs_nothing_when_it_matches() {
 
     // Same client, consecutive transactions on a server that already holds its context:
     // no proxy statement at all (context_reused), zero extra messages. (tokio-postgres
-    // sends deferred Close messages for dropped statements: let them settle first.)
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // queues a Close + Sync for each dropped statement; that Sync takes the server and
+    // applies its client's context. A round trip on each client comes back only after
+    // its queued Closes, so none is left to interleave with the counts below.)
+    globex.simple_query("SELECT 1").await.unwrap();
     acme.simple_query("SELECT 1").await.unwrap();
     let applied = Metrics::get(&m.context_applied);
     let reused = Metrics::get(&m.context_reused);
@@ -163,13 +165,19 @@ async fn disconnect_mid_transaction_rolls_back_before_reuse() {
     .await
     .unwrap();
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // b must get the very server a left mid-transaction, after the proxy rolled it back.
+    wait_for(
+        "a's server to be rolled back and back in the pool",
+        || async { env.idle_servers() == 1 },
+    )
+    .await;
     let b = env.connect("globex").await;
     let r = rows(&b.simple_query("SELECT current_setting('work_mem'), current_setting('app.current_tenant'), (SELECT count(*) FROM customers)").await.unwrap());
     assert_eq!(
         r,
         vec![vec!["4MB".to_owned(), "globex".to_owned(), "2".to_owned()]]
     );
+    assert_eq!(env.upstream_connects(), 1, "b reused a's server");
     let admin = env.admin().await;
     let n: i64 = admin
         .query_one(

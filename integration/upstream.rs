@@ -2,12 +2,12 @@
 //! graceful shutdown of sessions.
 
 use std::os::unix::fs::MetadataExt;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use rlsgate::config::SslMode;
 use rlsgate::server::Server;
 
-use crate::harness::{db_error, visible_customers, Env};
+use crate::harness::{db_error, visible_customers, wait_for, Env};
 
 /// Starts a second proxy in front of `env`'s PostgreSQL with a modified config.
 async fn proxy_with(env: &Env, modify: impl FnOnce(&mut rlsgate::config::Config)) -> Env2 {
@@ -94,7 +94,19 @@ async fn tls_to_postgres_with_sslmode_require() {
             ),
         )
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // pg_reload_conf() only signals the postmaster; new backends inherit its settings,
+    // so a fresh connection showing ssl = on means the reload (and its TLS setup) is done.
+    wait_for("PostgreSQL to reload with ssl = on", || async {
+        let ssl: String = env
+            .admin()
+            .await
+            .query_one("SHOW ssl", &[])
+            .await
+            .unwrap()
+            .get(0);
+        ssl == "on"
+    })
+    .await;
     let p = proxy_with(&env, |c| c.upstream.sslmode = SslMode::Require).await;
     let c = connect(&env, &p, "acme").await;
     let ssl: bool = c
@@ -111,7 +123,7 @@ async fn tls_to_postgres_with_sslmode_require() {
     let token = c.cancel_token();
     let sleeper =
         tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_for_active_query("SELECT pg_sleep(20)").await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let err = sleeper.await.unwrap().unwrap_err();
     assert_eq!(db_error(&err).0, "57014");
@@ -125,16 +137,19 @@ async fn shutdown_drains_then_closes_sessions_with_57p01() {
     let addr = env.proxy.addr;
     let state = env.proxy.state.clone();
     env.proxy.shutdown.cancel();
-    // New connections are refused at once.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "listener closed"
-    );
+    // New connections are refused as soon as the proxy sees the shutdown.
+    wait_for("the listener to close (connections refused)", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     // The open session keeps working during the grace period...
     c.simple_query("SELECT 2").await.unwrap();
-    // ...and is closed with 57P01 when it ends.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ...and is closed with 57P01 when it ends (the proxy answers, then drops the session).
+    wait_for(
+        "the session to be closed after the 2 s grace period",
+        || async { state.metrics.clients_active.load(Ordering::Relaxed) == 0 },
+    )
+    .await;
     let err = c.simple_query("SELECT 3").await.unwrap_err();
     let closed = err
         .as_db_error()
@@ -142,11 +157,4 @@ async fn shutdown_drains_then_closes_sessions_with_57p01() {
         .unwrap_or(false)
         || err.is_closed();
     assert!(closed, "{err}");
-    assert_eq!(
-        state
-            .metrics
-            .clients_active
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
 }
