@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use rlsgate::metrics::Metrics;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{db_error, wait_for, Env};
+use crate::harness::{db_error, summarize, wait_for, Env, Raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_own_query_and_wrong_key_cancels_nothing() {
@@ -52,4 +52,41 @@ async fn cancel_own_query_and_wrong_key_cancels_nothing() {
         .unwrap()
         .expect("query with a wrongly-keyed cancel completes");
     assert_eq!(Metrics::get(&m.cancels_forwarded), 1);
+}
+
+/// PostgreSQL closes a cancel connection once it has signalled the backend, and clients
+/// (asyncpg, libpq's PQcancel) wait for that close before their next statement; rlsgate
+/// closes it only after delivering the cancel upstream, else the cancel could land on
+/// the client's next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_connection_closes_after_delivery() {
+    let env = Env::start().await;
+    let mut raw = Raw::connect(env.proxy.addr.port(), "u", &env.token("acme")).await;
+    let (pid, secret) = raw.key.expect("BackendKeyData");
+    let mut q = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT pg_sleep(30)", &mut q).unwrap();
+    raw.send(&q).await;
+    env.wait_for_active_query("SELECT pg_sleep(30)").await;
+    let mut s = tokio::net::TcpStream::connect(env.proxy.addr)
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut buf);
+    s.write_all(&buf).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("cancel connection closed within 10 s")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(
+        Metrics::get(&env.proxy.state.metrics.cancels_forwarded),
+        1,
+        "closed before the cancel was delivered"
+    );
+    let replies = summarize(&raw.until_ready(1).await);
+    assert!(
+        replies.iter().any(|r| r.starts_with("E 57014")),
+        "{replies:?}"
+    );
 }

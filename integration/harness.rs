@@ -251,6 +251,8 @@ pub async fn visible_customers(client: &Client) -> Vec<(String, String)> {
 /// driver sends: pipelines with errors, Flush orderings, FunctionCall.
 pub struct Raw {
     s: tokio::net::TcpStream,
+    /// BackendKeyData: (pid, secret).
+    pub key: Option<(i32, i32)>,
 }
 
 /// One backend message: tag and body.
@@ -264,7 +266,7 @@ impl Raw {
         let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("raw connect");
-        let mut raw = Raw { s };
+        let mut raw = Raw { s, key: None };
         let mut buf = bytes::BytesMut::new();
         frontend::startup_message([("user", user), ("database", "app")], &mut buf).unwrap();
         raw.send(&buf).await;
@@ -275,6 +277,13 @@ impl Raw {
                     let mut buf = bytes::BytesMut::new();
                     frontend::password_message(password.as_bytes(), &mut buf).unwrap();
                     raw.send(&buf).await;
+                }
+                (b'K', Some(pid)) => {
+                    let secret = body.get(4..8).expect("BackendKeyData secret");
+                    raw.key = Some((
+                        i32::from_be_bytes(pid.try_into().unwrap()),
+                        i32::from_be_bytes(secret.try_into().unwrap()),
+                    ));
                 }
                 (b'E', _) => panic!("raw login failed: {}", String::from_utf8_lossy(&body)),
                 (b'Z', _) => return raw,

@@ -39,8 +39,15 @@ pub enum Incoming {
 pub enum Accepted {
     /// Authenticated client, ready for its session.
     Session(Box<Authenticated>),
-    /// A CancelRequest (the connection carries nothing else).
-    Cancel { pid: i32, secret: i32 },
+    /// A CancelRequest (the connection carries nothing else). `conn` is closed only
+    /// after the cancel was delivered upstream: clients (asyncpg, libpq's PQcancel) wait
+    /// for that close, as PostgreSQL closes it once the backend was signalled, before
+    /// they run their next statement.
+    Cancel {
+        pid: i32,
+        secret: i32,
+        conn: Box<dyn Send>,
+    },
 }
 
 /// An authenticated client whose startup is not yet answered with AuthenticationOk.
@@ -120,7 +127,11 @@ pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Acce
                     "cancel key of unexpected length".into(),
                 ));
             };
-            return Ok(Accepted::Cancel { pid: c.pid, secret });
+            return Ok(Accepted::Cancel {
+                pid: c.pid,
+                secret,
+                conn: Box::new(framed),
+            });
         }
         Some(Ok(_)) => return Err(ClientError::Protocol("expected a startup message".into())),
         Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),

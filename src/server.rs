@@ -368,8 +368,9 @@ async fn serve_client(state: &State, incoming: Incoming, terminate: Cancellation
             Ok(r) => r,
         };
     let result = match result {
-        Ok(Accepted::Cancel { pid, secret }) => {
+        Ok(Accepted::Cancel { pid, secret, conn }) => {
             handle_cancel(state, pid, secret).await;
+            drop(conn);
             Ok(())
         }
         Ok(Accepted::Session(client)) => {
@@ -404,11 +405,10 @@ async fn handle_cancel(state: &State, pid: i32, secret: i32) {
     };
     match state.cancel.lookup(pid, secret) {
         Some(t) => {
-            Metrics::inc(&state.metrics.cancels_forwarded);
-            if let Err(e) =
-                backend::send_cancel(&state.pool.connector, t.server_pid, t.server_secret).await
-            {
-                warn!(error = %e, "forwarding cancel request failed");
+            match backend::send_cancel(&state.pool.connector, t.server_pid, t.server_secret).await {
+                // Counted once PostgreSQL closed the cancel connection (backend signalled).
+                Ok(()) => Metrics::inc(&state.metrics.cancels_forwarded),
+                Err(e) => warn!(error = %e, "forwarding cancel request failed"),
             }
         }
         None => {
