@@ -142,3 +142,45 @@ async fn flush_answers_at_once() {
     assert_eq!(direct, ["1", "2", "T", "D", "C", "Z I"]);
     assert_eq!(proxied, direct);
 }
+
+/// The unnamed statement follows its client: Parse+Describe+Sync in one transaction,
+/// Bind+Execute+Sync in the next (lib/pq, asyncpg introspection), with another
+/// client's unnamed statement and context on the only server in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_follows_its_client() {
+    let env = Env::with(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = 1;
+    })
+    .await;
+    let port = env.proxy.addr.port();
+    let mut a = Raw::connect(port, "a", &env.token("acme")).await;
+    let mut b = Raw::connect(port, "b", &env.token("globex")).await;
+    for i in 0..5 {
+        let mut m = BytesMut::new();
+        parse(&mut m, "", "SELECT $1::int + 1");
+        frontend::describe(b'S', "", &mut m).unwrap();
+        frontend::sync(&mut m);
+        a.send(&m).await;
+        assert_eq!(summarize(&a.until_ready(1).await), ["1", "t", "T", "Z I"]);
+        let mut m = BytesMut::new();
+        parse(&mut m, "", "SELECT $1::text || $2::text");
+        bind(&mut m, "", &["x", "y"]);
+        execute(&mut m);
+        frontend::sync(&mut m);
+        b.send(&m).await;
+        assert_eq!(
+            summarize(&b.until_ready(1).await),
+            ["1", "2", "D", "C", "Z I"]
+        );
+        let mut m = BytesMut::new();
+        bind(&mut m, "", &[&i.to_string()]);
+        execute(&mut m);
+        frontend::sync(&mut m);
+        a.send(&m).await;
+        let replies = a.until_ready(1).await;
+        assert_eq!(summarize(&replies), ["2", "D", "C", "Z I"], "{i}");
+        let row = String::from_utf8_lossy(&replies[1].1).into_owned();
+        assert!(row.ends_with(&(i + 1).to_string()), "{row}");
+    }
+}

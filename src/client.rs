@@ -375,6 +375,8 @@ impl Session<'_> {
                 pos = 0;
                 self.ctx.encode(&mut self.to_server);
                 self.pipeline.proxy(false);
+                // The context's own unnamed Parse replaced the client's.
+                self.unnamed_here = false;
             }
         }
         if pos > 0 {
@@ -399,6 +401,8 @@ impl Session<'_> {
     /// (and the client's own settings when they differ), ahead of the client's bytes.
     async fn bind(&mut self) -> Result<(), ClientError> {
         let mut obj = self.state.pool.checkout().await?;
+        // Whatever unnamed statement this server holds is not the client's.
+        self.unnamed_here = false;
         let want = self.ctx.fingerprint();
         if obj.context != Some(want) {
             if obj.context.map(|c| c.client) != Some(want.client) {
