@@ -113,6 +113,10 @@ impl Pool {
         };
         let inner = managed::Pool::builder(manager)
             .max_size(cfg.size)
+            // Most recently used first (PgBouncer's default too): a client's next
+            // transaction usually lands on the server that still holds its context, and
+            // servers beyond the working set stay idle until the reaper closes them.
+            .queue_mode(managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(cfg.acquire_timeout))
             .create_timeout(Some(connector.target.connect_timeout))
