@@ -11,7 +11,7 @@ use rlsgate::config::{PoolMode, SessionFeatures};
 use rlsgate::metrics::Metrics;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::harness::{db_error, Env};
+use crate::harness::{db_error, Env, Raw};
 
 async fn txn_env(size: usize, features: SessionFeatures, max_pinned: Option<usize>) -> Env {
     Env::with(|c| {
@@ -30,7 +30,7 @@ async fn listener(
     tenant: &str,
 ) -> (
     Client,
-    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    tokio::sync::mpsc::UnboundedReceiver<(i32, String, String)>,
 ) {
     let conninfo = env.conninfo("u", &env.token(tenant), "disable");
     let (c, mut conn) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
@@ -40,7 +40,11 @@ async fn listener(
         futures::pin_mut!(stream);
         while let Some(Ok(m)) = stream.next().await {
             if let AsyncMessage::Notification(n) = m {
-                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                let _ = tx.send((
+                    n.process_id(),
+                    n.channel().to_owned(),
+                    n.payload().to_owned(),
+                ));
             }
         }
     });
@@ -127,13 +131,22 @@ async fn pinned_client_keeps_session_state_and_nothing_leaks() {
         .count();
     assert_eq!(rows, 3);
 
-    // Notified while idle: the pinned server's notification reaches the client.
-    b.batch_execute("NOTIFY jobs, 'from globex'").await.unwrap();
+    // Notified while idle: the pinned server's notification reaches the client, naming
+    // the notifier by the pid its BackendKeyData gave it (not a pooled server's pid).
+    let mut notifier = Raw::connect(env.proxy.addr.port(), "n", &env.token("globex")).await;
+    let mut q = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("NOTIFY jobs, 'from globex'", &mut q).unwrap();
+    notifier.send(&q).await;
+    notifier.until_ready(1).await;
     let note = tokio::time::timeout(Duration::from_secs(10), notes.recv())
         .await
         .expect("notification within 10 s")
         .expect("notification");
-    assert_eq!(note, ("jobs".to_owned(), "from globex".to_owned()));
+    let notifier_pid = notifier.key.expect("BackendKeyData").0;
+    assert_eq!(
+        note,
+        (notifier_pid, "jobs".to_owned(), "from globex".to_owned())
+    );
 
     // The pinned client leaves: its server is closed, not returned.
     let discarded = Metrics::get(&metrics.upstream_discarded);

@@ -20,7 +20,12 @@ pub struct CancelTarget {
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<Key, Entry>>,
+    /// Server pid → pid its last client was given (transaction mode: NOTIFY pids).
+    binders: Mutex<HashMap<i32, i32>>,
 }
+
+/// Entries kept in `binders` before it is emptied (servers come and go over days).
+const BINDERS_LIMIT: usize = 10_000;
 
 /// (pid, secret) as the client sent them.
 type Key = (i32, i32);
@@ -60,10 +65,31 @@ impl CancelRegistry {
 
     /// Points a client's key at its current backend (or none, between transactions).
     pub fn retarget(&self, pid: i32, secret: i32, target: Option<CancelTarget>) {
-        let mut map = self.map.lock().expect("cancel registry poisoned");
-        if let Some((t, _)) = map.get_mut(&(pid, secret)) {
-            *t = target;
+        {
+            let mut map = self.map.lock().expect("cancel registry poisoned");
+            if let Some((t, _)) = map.get_mut(&(pid, secret)) {
+                *t = target;
+            }
         }
+        if let Some(t) = target {
+            let mut binders = self.binders.lock().expect("cancel registry poisoned");
+            if binders.len() >= BINDERS_LIMIT {
+                binders.clear();
+            }
+            binders.insert(t.server_pid, pid);
+        }
+    }
+
+    /// The pid given to the client that last ran a transaction on backend `server_pid`
+    /// (transaction mode), so a NotificationResponse names the notifying client as its
+    /// BackendKeyData did. Best effort: another client may have bound that backend
+    /// since the NOTIFY was committed.
+    pub fn last_binder(&self, server_pid: i32) -> Option<i32> {
+        self.binders
+            .lock()
+            .expect("cancel registry poisoned")
+            .get(&server_pid)
+            .copied()
     }
 
     /// Forgets a key (the session ended or left the backend).

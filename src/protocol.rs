@@ -42,6 +42,7 @@ pub mod backend {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
 }
 
 /// Transaction status carried by ReadyForQuery.

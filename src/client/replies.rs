@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 
 use super::{fatal, proto, End, Session};
 use crate::backend::BackendError;
+use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::pipeline::Disposition;
 use crate::protocol::{self, backend as be, Severity, Step, TxStatus};
@@ -55,6 +56,9 @@ impl Session<'_> {
                 Step::Message { tag, start, end } => (tag, start, end),
             };
             pos = end;
+            if tag == be::NOTIFICATION_RESPONSE && self.mode == PoolMode::Transaction {
+                rename_notifier(self.state, &mut buf[start..end]);
+            }
             let msg = &buf[start..end];
             let disposition = self.pipeline.on_message(tag);
             for failed in self.pipeline.take_failed_parses() {
@@ -222,7 +226,7 @@ fn wanted_down(tag: u8) -> bool {
             | b's'
             | b'T'
             | b'n'
-            | b'A'
+            | be::NOTIFICATION_RESPONSE
     )
 }
 
@@ -237,4 +241,17 @@ fn all(_: u8) -> bool {
 async fn write_client(client: &mut MaybeTls, bytes: &[u8]) -> Result<(), ClientError> {
     client.write_all(bytes).await?;
     Ok(())
+}
+
+/// Transaction mode: a NotificationResponse names the notifying backend's real pid;
+/// the notifying client knows itself by the pid rlsgate gave it, so that one is
+/// shown instead (as directly, where both are the same).
+fn rename_notifier(state: &crate::server::State, msg: &mut [u8]) {
+    let Some(pid) = msg.get_mut(protocol::HEADER_LEN..protocol::HEADER_LEN + 4) else {
+        return;
+    };
+    let server_pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+    if let Some(client_pid) = state.cancel.last_binder(server_pid) {
+        pid.copy_from_slice(&client_pid.to_be_bytes());
+    }
 }
