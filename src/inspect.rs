@@ -13,6 +13,8 @@ use crate::config::PoolMode;
 use crate::guard::{self, Guard};
 use crate::protocol::{self, frontend as fe};
 
+mod shape;
+
 /// Cached analyses kept before the cache is emptied (a crude but bounded policy).
 const CACHE_LIMIT: usize = 20_000;
 
@@ -87,6 +89,9 @@ pub struct Inspector {
     guard: Option<Guard>,
     mode: PoolMode,
     cache: Mutex<HashMap<Box<str>, Arc<Analysis>>>,
+    /// Analyses without session effects by statement shape (numbers replaced, see
+    /// [`shape`]); kept apart from `cache`, whose effects carry the exact text.
+    shapes: Mutex<HashMap<Box<str>, Arc<Analysis>>>,
     /// Extra trigger words: owned setting names and denied relations (lower-case).
     names: Vec<String>,
     /// The shared "nothing to see" analysis of the fast path.
@@ -101,6 +106,7 @@ impl Inspector {
             guard,
             mode,
             cache: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::new()),
             names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
             plain: Arc::new(Analysis {
                 guard: guard::Verdict::Allow,
@@ -130,6 +136,13 @@ impl Inspector {
             // Not cached: statements with inlined literals would only churn the cache.
             return self.plain.clone();
         }
+        let shape = shape::shape(sql).filter(|s| s.len() <= CACHE_MAX_SQL);
+        if let Some(key) = &shape {
+            let shapes = self.shapes.lock().expect("inspect cache poisoned");
+            if let Some(a) = shapes.get(key.as_str()) {
+                return a.clone();
+            }
+        }
         let analysis = Arc::new(Analysis {
             guard: self
                 .guard
@@ -142,12 +155,11 @@ impl Inspector {
                 None
             },
         });
-        if sql.len() <= CACHE_MAX_SQL {
-            let mut cache = self.cache.lock().expect("inspect cache poisoned");
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(sql.into(), analysis.clone());
+        if let (Some(key), true) = (shape, analysis.effects.is_empty()) {
+            // Texts of one shape differ only in numbers: same statements, same verdict.
+            insert_bounded(&self.shapes, key.into(), &analysis);
+        } else if sql.len() <= CACHE_MAX_SQL {
+            insert_bounded(&self.cache, sql.into(), &analysis);
         }
         analysis
     }
@@ -170,6 +182,19 @@ impl Inspector {
         };
         (verdict, Some(a))
     }
+}
+
+/// Inserts into a cache that is emptied when full (a crude but bounded policy).
+fn insert_bounded(
+    cache: &Mutex<HashMap<Box<str>, Arc<Analysis>>>,
+    key: Box<str>,
+    a: &Arc<Analysis>,
+) {
+    let mut cache = cache.lock().expect("inspect cache poisoned");
+    if cache.len() >= CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(key, a.clone());
 }
 
 /// The SQL text of a Query or Parse message.
@@ -474,5 +499,49 @@ mod tests {
         ] {
             assert!(session_only(sql).is_none(), "{sql}");
         }
+    }
+
+    #[test]
+    fn shapes_share_verdicts_but_never_effects() {
+        let guard = Guard::new(guard::GuardConfig {
+            owned: vec!["app.current_tenant".into()],
+            deny_relations: vec!["secret".into()],
+            ..guard::GuardConfig::default()
+        });
+        let i = Inspector::new(Some(guard), PoolMode::Transaction, &["secret".into()]);
+        let a = i.analyse("UPDATE t SET x = x + 5 WHERE id = 7");
+        let b = i.analyse("UPDATE t SET x = x + 900 WHERE id = 12");
+        assert!(Arc::ptr_eq(&a, &b), "one parse for one shape");
+        // Effects carry the exact text: never shared between shapes.
+        let set = |sql: &str| i.analyse(sql).effects.clone();
+        assert_eq!(
+            set("SET work_mem = 64"),
+            vec![Effect::Set {
+                name: "work_mem".into(),
+                sql: "SET work_mem = 64".into()
+            }]
+        );
+        assert_eq!(
+            set("SET work_mem = 128"),
+            vec![Effect::Set {
+                name: "work_mem".into(),
+                sql: "SET work_mem = 128".into()
+            }]
+        );
+        // `1 secret` is an alias, `1from secret` reads the denied relation.
+        assert_eq!(i.analyse("SELECT 1 secret").guard, guard::Verdict::Allow);
+        assert!(matches!(
+            i.analyse("SELECT 1from secret").guard,
+            guard::Verdict::Refuse(_)
+        ));
+        // A refused shape stays refused for every number.
+        assert!(matches!(
+            i.analyse("SELECT 1 FROM secret").guard,
+            guard::Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            i.analyse("SELECT 2 FROM secret").guard,
+            guard::Verdict::Refuse(_)
+        ));
     }
 }
