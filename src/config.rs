@@ -370,14 +370,15 @@ pub struct PoolConfig {
     /// rest of the session.
     pub session_features: SessionFeatures,
     /// Transaction mode: most clients pinned to a server at once (default: half of
-    /// `size`, at least 1), so pinned clients cannot take the whole pool.
+    /// `size`, rounded down, so a pool of one never pins), so pinned clients cannot
+    /// take the whole pool.
     pub max_pinned: Option<usize>,
 }
 
 impl PoolConfig {
     /// `max_pinned` with its default applied.
     pub fn pin_limit(&self) -> usize {
-        self.max_pinned.unwrap_or((self.size / 2).max(1))
+        self.max_pinned.unwrap_or(self.size / 2)
     }
 }
 

@@ -273,7 +273,7 @@ impl Session<'_> {
                 Ok(())
             }
             None => Err(refused(format!(
-                " and {limit} clients already hold a pinned server (pool.max_pinned)"
+                " and the limit of {limit} pinned clients (pool.max_pinned) is reached"
             ))),
         }
     }
