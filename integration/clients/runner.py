@@ -1324,10 +1324,6 @@ def git_rev() -> str:
     return p.stdout.strip() or "?"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run_target(env, suite, kind, mode, label, outdir) -> "Outcome":
     """One run of `suite` against a fresh database, directly or through a proxy."""
     outdir.mkdir(parents=True)
@@ -1380,3 +1376,7 @@ def retry_flaky(env, suite, mode, label, outdir, o: "Outcome", direct: "Outcome 
     if o.error and o2.error:
         o.error = f"{o.error} (and on the retry: {o2.error})"
     return o
+
+
+if __name__ == "__main__":
+    sys.exit(main())
