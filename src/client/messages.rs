@@ -45,10 +45,12 @@ impl Session<'_> {
                 if let Some(name) = parse_statement_name(&self.cbuf[start..end])
                     .filter(|n| self.statements.get(n).is_some())
                 {
-                    // As directly: the name must be closed before it is parsed again.
+                    // As directly: the name must be closed before it is parsed again. The
+                    // marker Parse goes under its own name: the server may hold `name`.
                     let message = format!("prepared statement \"{name}\" already exists");
                     self.pipeline.client(Reply::Parse);
-                    return Ok(Some(self.marker_message(tag, start, end, "42P05", message)));
+                    let own = Some(self.marker.clone());
+                    return Ok(Some(self.marker_statement(tag, own, "42P05", message)));
                 }
                 let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
                     // Unnamed: remembered so a Bind in a later transaction (maybe on
@@ -304,11 +306,27 @@ impl Session<'_> {
 
     /// The marker Query/Parse standing in for a client message that fails with `code`
     /// and `message` (see `refusal_message`).
+    /// A refused Parse keeps the client's statement name, so the name does not exist
+    /// afterwards, as directly.
     fn marker_message(
         &mut self,
         tag: u8,
         start: usize,
         end: usize,
+        code: &'static str,
+        message: String,
+    ) -> BytesMut {
+        let name = (tag == fe::PARSE)
+            .then(|| parse_statement_name(&self.cbuf[start..end]).map(str::to_owned))
+            .flatten();
+        self.marker_statement(tag, name, code, message)
+    }
+
+    /// The marker Query, or Parse under `name`, whose error is swapped for `code`/`message`.
+    fn marker_statement(
+        &mut self,
+        tag: u8,
+        name: Option<String>,
         code: &'static str,
         message: String,
     ) -> BytesMut {
@@ -318,10 +336,7 @@ impl Session<'_> {
         if tag == fe::QUERY {
             protocol::put_query(&mut out, &sql);
         } else {
-            let name = parse_statement_name(&self.cbuf[start..end])
-                .unwrap_or("")
-                .to_owned();
-            protocol::put_parse(&mut out, &name, &sql);
+            protocol::put_parse(&mut out, name.as_deref().unwrap_or(""), &sql);
         }
         out
     }
