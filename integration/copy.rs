@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use futures::{SinkExt, TryStreamExt};
 
-use crate::harness::{db_error, Env};
+use crate::harness::{db_error, summarize, wait_for, Env, Raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out_respect_rls() {
@@ -124,4 +124,51 @@ async fn extended_copy_in_releases_the_server_in_transaction_mode() {
             .get(0);
         assert_eq!(n, i + 1);
     }
+}
+
+/// A COPY that fails after a Sync the server may or may not have read in copy mode
+/// (a Sync between CopyData messages) leaves the server's replies in doubt: in
+/// transaction mode that server is closed, never handed to the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_copy_with_syncs_inside_closes_the_server() {
+    use postgres_protocol::message::frontend;
+    let env = Env::with(|c| {
+        c.pool.mode = rlsgate::config::PoolMode::Transaction;
+        c.pool.size = 1;
+        c.pool.acquire_timeout = std::time::Duration::from_secs(10);
+    })
+    .await;
+    env.admin()
+        .await
+        .batch_execute("CREATE TABLE copy_sink (x int); GRANT ALL ON copy_sink TO app_rls")
+        .await
+        .unwrap();
+    let metrics = &env.proxy.state.metrics;
+    let discarded = rlsgate::metrics::Metrics::get(&metrics.upstream_discarded);
+    let mut a = Raw::connect(env.proxy.addr.port(), "a", &env.token("acme")).await;
+    let mut m = bytes::BytesMut::new();
+    frontend::query("COPY copy_sink FROM STDIN", &mut m).unwrap();
+    a.send(&m).await;
+    assert_eq!(a.read().await.0, b'G');
+    let mut m = bytes::BytesMut::new();
+    frontend::CopyData::new(&b"not a number\n"[..])
+        .unwrap()
+        .write(&mut m);
+    frontend::sync(&mut m);
+    frontend::copy_done(&mut m);
+    a.send(&m).await;
+    let replies = summarize(&a.until_ready(1).await);
+    assert!(replies[0].starts_with("E 22P02"), "{replies:?}");
+    wait_for("the server in doubt to be closed", || async {
+        rlsgate::metrics::Metrics::get(&metrics.upstream_discarded) > discarded
+    })
+    .await;
+    // The next client gets a clean server.
+    let b = env.connect("globex").await;
+    let n: i64 = b
+        .query_one("SELECT count(*) FROM copy_sink", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
 }

@@ -448,7 +448,16 @@ impl Session<'_> {
             let gate = self.cancel_gate.clone();
             let _held = gate.lock().await;
             self.state.cancel.retarget(self.key.0, self.key.1, None);
-            self.state.pool.release(obj);
+            if self.pipeline.in_doubt() {
+                // It may still owe replies nobody expects: never hand it on.
+                self.pipeline.reset();
+                self.state
+                    .pool
+                    .discard(obj, "replies in doubt after a failed COPY")
+                    .await;
+            } else {
+                self.state.pool.release(obj);
+            }
         }
     }
 

@@ -87,6 +87,13 @@ pub struct Pipeline {
     failed_parses: Vec<Parsed>,
     /// The server is in copy-in mode and the client has not ended the copy yet.
     copy_in: bool,
+    /// A COPY FROM STDIN is running on the server (CopyInResponse seen, no
+    /// CommandComplete or ErrorResponse yet), and whether Syncs were taken as ignored.
+    copy_active: bool,
+    copy_dropped: bool,
+    /// A COPY failed after Syncs were taken as ignored: the server may have answered
+    /// some of them after leaving copy mode, so its replies cannot be trusted to match.
+    in_doubt: bool,
 }
 
 impl Pipeline {
@@ -98,9 +105,22 @@ impl Pipeline {
     /// such as tokio-postgres send one right behind the Execute of a `COPY FROM
     /// STDIN`): no reply is expected for it.
     pub fn sync(&mut self) {
-        if !self.copy_in {
+        if self.copy_in {
+            self.copy_dropped = true;
+        } else {
             self.q.push_back(Expect::Client(Reply::Sync, None));
         }
+    }
+
+    /// True when the server's replies may no longer match what is expected (see
+    /// `in_doubt`): the server must be closed, not reused.
+    pub fn in_doubt(&self) -> bool {
+        self.in_doubt
+    }
+
+    /// Forgets everything owed: the server it was owed by is gone.
+    pub fn reset(&mut self) {
+        *self = Pipeline::default();
     }
 
     /// The client's CopyDone or CopyFail.
@@ -118,11 +138,14 @@ impl Pipeline {
     /// CopyDone/CopyFail, are ignored by the server.
     fn on_copy_in(&mut self) {
         self.copy_in = true;
+        self.copy_active = true;
+        self.copy_dropped = false;
         let mut i = 1;
         while i < self.q.len() {
             match self.q[i] {
                 Expect::Client(Reply::Sync, _) => {
                     self.q.remove(i);
+                    self.copy_dropped = true;
                 }
                 Expect::CopyEnd => {
                     self.q.remove(i);
@@ -222,10 +245,16 @@ impl Pipeline {
             return disposition;
         }
         if tag == be::ERROR_RESPONSE {
+            if std::mem::take(&mut self.copy_active) && self.copy_dropped {
+                // Syncs read after the server left copy mode are answered after all.
+                self.in_doubt = true;
+            }
             self.on_error();
         } else {
-            if tag == be::COPY_IN_RESPONSE {
-                self.on_copy_in();
+            match tag {
+                be::COPY_IN_RESPONSE => self.on_copy_in(),
+                be::COMMAND_COMPLETE => self.copy_active = false,
+                _ => {}
             }
             self.on_reply(tag);
         }
@@ -369,6 +398,14 @@ mod tests {
         assert!(!p.is_empty(), "the second query is still owed");
         p.on_message(b'Z');
         assert!(p.is_empty());
+        // A COPY that fails after a Sync was taken as ignored leaves the server in doubt.
+        let mut p = Pipeline::default();
+        p.client(Reply::UntilReady);
+        p.sync();
+        p.on_message(be::COPY_IN_RESPONSE);
+        assert!(!p.in_doubt());
+        p.on_message(be::ERROR_RESPONSE);
+        assert!(p.in_doubt());
         // A stray CopyDone outside a copy is ignored by PostgreSQL.
         let mut p = Pipeline::default();
         p.copy_end();

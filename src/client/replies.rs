@@ -142,7 +142,7 @@ impl Session<'_> {
         &mut self,
         end: Result<End, ClientError>,
     ) -> Result<(), ClientError> {
-        let at_boundary = self.at_boundary();
+        let at_boundary = self.at_boundary() && !self.pipeline.in_doubt();
         debug!(end = ?end, at_boundary, "session ended");
         let mut server = self.server.take();
         if let Some(s) = server.as_mut() {
