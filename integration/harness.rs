@@ -10,6 +10,8 @@ use std::future::Future;
 use std::process::Output;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use rlsgate::auth::jwt::{mint, MintKey, MintOptions};
 use rlsgate::config::Config;
 use rlsgate::pgtemp::{TempPostgres, TempPostgresOptions, DEMO_SQL};
@@ -206,6 +208,34 @@ impl Env {
 /// How long [`wait_for`] waits before failing: generous, since CI runs many tests at
 /// once on two cores.
 pub const WAIT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A client through the proxy for `tenant` whose notifications (pid, channel, payload)
+/// arrive on the returned channel.
+pub async fn listener(
+    env: &Env,
+    tenant: &str,
+) -> (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<(i32, String, String)>,
+) {
+    let conninfo = env.conninfo("u", &env.token(tenant), "disable");
+    let (c, mut conn) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        futures::pin_mut!(stream);
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((
+                    n.process_id(),
+                    n.channel().to_owned(),
+                    n.payload().to_owned(),
+                ));
+            }
+        }
+    });
+    (c, rx)
+}
 
 /// Polls `f` every 20 ms until it returns true; panics naming `what` once
 /// [`WAIT_DEADLINE`] has passed (a slow `f` counts against the deadline too). Use it

@@ -8,10 +8,12 @@ mod harness;
 
 mod auth;
 mod cancel;
+mod channels;
 mod copy;
 mod demo;
 mod doctor;
 mod guard;
+mod idle;
 mod pin;
 mod policy;
 mod pool;

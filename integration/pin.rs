@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use rlsgate::config::{PoolMode, SessionFeatures};
 use rlsgate::metrics::Metrics;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::harness::{db_error, Env, Raw};
+use crate::harness::{db_error, listener, Env, Raw};
 
 async fn txn_env(size: usize, features: SessionFeatures, max_pinned: Option<usize>) -> Env {
     Env::with(|c| {
@@ -22,33 +20,6 @@ async fn txn_env(size: usize, features: SessionFeatures, max_pinned: Option<usiz
         c.pool.acquire_timeout = Duration::from_secs(30);
     })
     .await
-}
-
-/// A client through the proxy whose notifications arrive on the returned channel.
-async fn listener(
-    env: &Env,
-    tenant: &str,
-) -> (
-    Client,
-    tokio::sync::mpsc::UnboundedReceiver<(i32, String, String)>,
-) {
-    let conninfo = env.conninfo("u", &env.token(tenant), "disable");
-    let (c, mut conn) = tokio_postgres::connect(&conninfo, NoTls).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        futures::pin_mut!(stream);
-        while let Some(Ok(m)) = stream.next().await {
-            if let AsyncMessage::Notification(n) = m {
-                let _ = tx.send((
-                    n.process_id(),
-                    n.channel().to_owned(),
-                    n.payload().to_owned(),
-                ));
-            }
-        }
-    });
-    (c, rx)
 }
 
 /// One pinned client keeps every kind of session state across its transactions while
@@ -133,9 +104,11 @@ async fn pinned_client_keeps_session_state_and_nothing_leaks() {
 
     // Notified while idle: the pinned server's notification reaches the client, naming
     // the notifier by the pid its BackendKeyData gave it (not a pooled server's pid).
-    let mut notifier = Raw::connect(env.proxy.addr.port(), "n", &env.token("globex")).await;
+    // The other tenant's notification on the same channel name does not reach it.
+    b.batch_execute("NOTIFY jobs, 'from globex'").await.unwrap();
+    let mut notifier = Raw::connect(env.proxy.addr.port(), "n", &env.token("acme")).await;
     let mut q = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::query("NOTIFY jobs, 'from globex'", &mut q).unwrap();
+    postgres_protocol::message::frontend::query("NOTIFY jobs, 'from acme'", &mut q).unwrap();
     notifier.send(&q).await;
     notifier.until_ready(1).await;
     let note = tokio::time::timeout(Duration::from_secs(10), notes.recv())
@@ -145,7 +118,7 @@ async fn pinned_client_keeps_session_state_and_nothing_leaks() {
     let notifier_pid = notifier.key.expect("BackendKeyData").0;
     assert_eq!(
         note,
-        (notifier_pid, "jobs".to_owned(), "from globex".to_owned())
+        (notifier_pid, "jobs".to_owned(), "from acme".to_owned())
     );
 
     // The pinned client leaves: its server is closed, not returned.

@@ -12,6 +12,7 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use deadpool::managed::Object;
@@ -21,8 +22,8 @@ use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelTarget;
-use crate::config::PoolMode;
-use crate::error::ClientError;
+use crate::config::{ChannelScope, PoolMode};
+use crate::error::{ClientError, IdleTimeout};
 use crate::handshake::Authenticated;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -45,6 +46,8 @@ enum End {
     ClientEof,
     ServerEof,
     Shutdown,
+    /// A `[pool]` idle limit passed (the limit and its value).
+    Idle(IdleTimeout, Duration),
 }
 
 /// Event from the sockets.
@@ -95,6 +98,8 @@ struct Session<'s> {
     cancel_gate: crate::cancel::CancelGate,
     /// Transaction mode: the client keeps its server until it disconnects.
     pinned: Option<Pinned<'s>>,
+    /// This tenant's notification channel suffix (`tenant.channels = "tenant"`).
+    channel_suffix: Option<String>,
 }
 
 /// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
@@ -200,6 +205,8 @@ pub async fn run_session(
         server_fatal: false,
         cancel_gate,
         pinned: None,
+        channel_suffix: (state.config.tenant.channels == ChannelScope::Tenant)
+            .then(|| crate::channels::suffix(client.identity.tenant.as_ref())),
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -256,7 +263,15 @@ impl Session<'_> {
             return Ok(End::Terminate);
         }
         loop {
-            let event = self.next_event(cancelled.as_mut()).await?;
+            let event = match self.idle_limit() {
+                None => self.next_event(cancelled.as_mut()).await?,
+                Some((kind, limit)) => {
+                    match tokio::time::timeout(limit, self.next_event(cancelled.as_mut())).await {
+                        Ok(event) => event?,
+                        Err(_) => return Ok(End::Idle(kind, limit)),
+                    }
+                }
+            };
             match event {
                 Event::Terminate => return Ok(End::Shutdown),
                 Event::ClientEof => return Ok(End::ClientEof),
@@ -270,6 +285,25 @@ impl Session<'_> {
                 Event::ServerData => self.on_server_data().await?,
             }
         }
+    }
+
+    /// The `[pool]` idle limit that applies while the session waits for its client with
+    /// nothing owed by the server: inside a transaction (or an unsynced extended batch)
+    /// `idle_transaction_timeout`, pinned `pinned_idle_timeout`, else
+    /// `client_idle_timeout`; `None` when the server owes replies or the limit is 0.
+    fn idle_limit(&self) -> Option<(IdleTimeout, Duration)> {
+        if !self.pipeline.is_empty() || !self.to_server.is_empty() {
+            return None;
+        }
+        let pool = &self.state.config.pool;
+        let (kind, limit) = if self.tx != TxStatus::Idle || self.extended_open {
+            (IdleTimeout::Transaction, pool.idle_transaction_timeout)
+        } else if self.pinned.is_some() && !pool.pinned_idle_timeout.is_zero() {
+            (IdleTimeout::Pinned, pool.pinned_idle_timeout)
+        } else {
+            (IdleTimeout::Client, pool.client_idle_timeout)
+        };
+        (!limit.is_zero()).then_some((kind, limit))
     }
 
     /// Waits for the next thing to do: write queued bytes to the server, read the

@@ -373,6 +373,19 @@ pub struct PoolConfig {
     /// `size`, rounded down, so a pool of one never pins), so pinned clients cannot
     /// take the whole pool.
     pub max_pinned: Option<usize>,
+    /// Close a client that has sent nothing and been sent nothing for this long outside
+    /// a transaction (FATAL 57P05). `0s` (default) = never.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// Close a client that sits idle this long inside a transaction (or between an
+    /// extended-protocol message and its Sync) while holding a server (FATAL 25P03).
+    /// `0s` (default) = never.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
+    /// Transaction mode: close a pinned client (it holds a server of its own) idle this
+    /// long outside a transaction (FATAL 57P05). `0s` (default) = never.
+    #[serde(with = "humantime_serde")]
+    pub pinned_idle_timeout: Duration,
 }
 
 impl PoolConfig {
@@ -394,6 +407,9 @@ impl Default for PoolConfig {
             reset_query: "DISCARD ALL".into(),
             session_features: SessionFeatures::Pin,
             max_pinned: None,
+            client_idle_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            pinned_idle_timeout: Duration::ZERO,
         }
     }
 }
@@ -416,6 +432,22 @@ pub struct TenantConfig {
     pub seal_secret_env: Option<String>,
     /// File holding the seal secret.
     pub seal_secret_file: Option<PathBuf>,
+    /// LISTEN/NOTIFY channels: `tenant` (each tenant has its own channel namespace,
+    /// see `src/channels.rs`) or `shared` (as in PostgreSQL: database-wide, so tenants
+    /// can read each other's notifications).
+    pub channels: ChannelScope,
+}
+
+/// `[tenant] channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelScope {
+    /// Channel names get a per-tenant suffix on the way up; a client receives only
+    /// notifications of its own tenant's channels.
+    #[default]
+    Tenant,
+    /// Channels are passed through untouched (database-wide, across tenants).
+    Shared,
 }
 
 impl Default for TenantConfig {
@@ -427,6 +459,7 @@ impl Default for TenantConfig {
             seal_setting: "rlsgate.seal".into(),
             seal_secret_env: None,
             seal_secret_file: None,
+            channels: ChannelScope::Tenant,
         }
     }
 }

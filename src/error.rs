@@ -37,6 +37,36 @@ pub enum ClientError {
     Shutdown,
     #[error("tenant context could not be applied: {0}")]
     ContextFailed(String),
+    #[error("terminating connection due to {} timeout (pool.{} = {})", .0.what(), .0.key(), humantime::format_duration(*.1))]
+    IdleTimeout(IdleTimeout, std::time::Duration),
+}
+
+/// Which idle limit closed a client (`[pool]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleTimeout {
+    /// `client_idle_timeout`.
+    Client,
+    /// `idle_transaction_timeout`.
+    Transaction,
+    /// `pinned_idle_timeout`.
+    Pinned,
+}
+
+impl IdleTimeout {
+    fn what(self) -> &'static str {
+        match self {
+            IdleTimeout::Transaction => "idle-in-transaction",
+            IdleTimeout::Client | IdleTimeout::Pinned => "idle-session",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            IdleTimeout::Client => "client_idle_timeout",
+            IdleTimeout::Transaction => "idle_transaction_timeout",
+            IdleTimeout::Pinned => "pinned_idle_timeout",
+        }
+    }
 }
 
 impl From<pgwire::error::PgWireError> for ClientError {
@@ -68,6 +98,9 @@ impl ClientError {
             ClientError::StartupTimeout => "08006",
             ClientError::Shutdown => "57P01",
             ClientError::ContextFailed(_) => "08006",
+            // As PostgreSQL's idle_in_transaction_session_timeout / idle_session_timeout.
+            ClientError::IdleTimeout(IdleTimeout::Transaction, _) => "25P03",
+            ClientError::IdleTimeout(..) => "57P05",
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Analysis {
     pub effects: Vec<Effect>,
     /// A feature that needs one server for the whole session.
     pub session_only: Option<&'static str>,
+    /// The text may name a LISTEN/NOTIFY channel (see `crate::channels`).
+    pub channels: bool,
 }
 
 /// Lower-case substrings without which a statement can neither touch a setting, a role
@@ -74,6 +76,7 @@ const TRIGGERS: &[&str] = &[
     "discard",
     "deallocate",
     "listen",
+    "notify",
     "hold",
     "advisory",
     "temp",
@@ -112,6 +115,7 @@ impl Inspector {
                 guard: guard::Verdict::Allow,
                 effects: Vec::new(),
                 session_only: None,
+                channels: false,
             }),
         }
     }
@@ -154,6 +158,7 @@ impl Inspector {
             } else {
                 None
             },
+            channels: mentions_channels(sql),
         });
         if let (Some(key), true) = (shape, analysis.effects.is_empty()) {
             // Texts of one shape differ only in numbers: same statements, same verdict.
@@ -182,6 +187,13 @@ impl Inspector {
         };
         (verdict, Some(a))
     }
+}
+
+/// True when `sql` may name a notification channel: `LISTEN`, `UNLISTEN`, `NOTIFY`
+/// or `pg_notify` (all contain one of the two words, in any case).
+fn mentions_channels(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("listen") || lower.contains("notify")
 }
 
 /// Inserts into a cache that is emptied when full (a crude but bounded policy).

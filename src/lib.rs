@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod backend;
 pub mod cancel;
+pub mod channels;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -375,6 +375,24 @@ pub fn put_parse(buf: &mut BytesMut, name: &str, sql: &str) {
     finish(buf, start);
 }
 
+/// `msg` (a Query or Parse) with its SQL text replaced by `sql`; a Parse keeps its
+/// statement name and parameter types. `None` when `msg` is malformed.
+pub fn with_sql(msg: &[u8], sql: &str) -> Option<BytesMut> {
+    let tag = *msg.first()?;
+    let body = msg.get(HEADER_LEN..)?;
+    let mut pos = 0;
+    let mut out = BytesMut::with_capacity(msg.len() + sql.len());
+    let start = begin(&mut out, tag);
+    if tag == frontend::PARSE {
+        put_cstr(&mut out, read_cstr(body, &mut pos)?);
+    }
+    read_cstr(body, &mut pos)?; // the old text
+    put_cstr(&mut out, sql);
+    out.put_slice(&body[pos..]); // Parse: parameter types
+    finish(&mut out, start);
+    Some(out)
+}
+
 /// Appends Sync.
 pub fn put_sync(buf: &mut BytesMut) {
     buf.put_u8(frontend::SYNC);

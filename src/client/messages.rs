@@ -14,6 +14,16 @@ use crate::pipeline::Reply;
 use crate::prepared;
 use crate::protocol::{self, frontend as fe, TxStatus};
 
+/// What the inspection of a Query/Parse decided.
+enum Checked {
+    /// Send as the client sent it.
+    Forward,
+    /// A refusal's marker message goes instead (the client sees the refusal).
+    Replace(BytesMut),
+    /// The same statement with its text rewritten (per-tenant channels).
+    Rewrite(BytesMut),
+}
+
 impl Session<'_> {
     /// Accounts for one client message. Returns replacement bytes (possibly empty) when
     /// the message must not go to the server as sent.
@@ -28,22 +38,33 @@ impl Session<'_> {
             fe::QUERY => {
                 // A simple Query destroys the unnamed statement.
                 self.unnamed = None;
-                let replacement = self.check_sql(tag, start, end);
+                let replacement = match self.check_sql(tag, start, end) {
+                    Checked::Forward => None,
+                    Checked::Replace(bytes) | Checked::Rewrite(bytes) => Some(bytes),
+                };
                 self.pipeline.client(Reply::UntilReady);
                 Ok(replacement)
             }
             fe::PARSE => {
                 self.extended_open = true;
-                if let Some(replacement) = self.check_sql(tag, start, end) {
-                    self.pipeline.client(Reply::Parse);
-                    return Ok(Some(replacement));
-                }
+                let rewritten = match self.check_sql(tag, start, end) {
+                    Checked::Forward => None,
+                    Checked::Rewrite(bytes) => Some(bytes),
+                    Checked::Replace(bytes) => {
+                        self.pipeline.client(Reply::Parse);
+                        return Ok(Some(bytes));
+                    }
+                };
                 if !txn {
                     self.pipeline.client(Reply::Parse);
-                    return Ok(None);
+                    return Ok(rewritten);
                 }
-                if let Some(name) = parse_statement_name(&self.cbuf[start..end])
-                    .filter(|n| self.statements.get(n).is_some())
+                let parse = match &rewritten {
+                    Some(bytes) => &bytes[..],
+                    None => &self.cbuf[start..end],
+                };
+                if let Some(name) =
+                    parse_statement_name(parse).filter(|n| self.statements.get(n).is_some())
                 {
                     // As directly: the name must be closed before it is parsed again. The
                     // marker Parse goes under its own name: the server may hold `name`.
@@ -52,13 +73,13 @@ impl Session<'_> {
                     let own = Some(self.marker.clone());
                     return Ok(Some(self.marker_statement(tag, own, "42P05", message)));
                 }
-                let Some(stmt) = self.statements.on_parse(&self.cbuf[start..end]) else {
+                let Some(stmt) = self.statements.on_parse(parse) else {
                     // Unnamed: remembered so a Bind in a later transaction (maybe on
                     // another server) runs this client's statement, not another's.
-                    self.unnamed = Some(BytesMut::from(&self.cbuf[start..end]));
+                    self.unnamed = Some(BytesMut::from(parse));
                     self.unnamed_here = true;
                     self.pipeline.client(Reply::Parse);
-                    return Ok(None);
+                    return Ok(rewritten);
                 };
                 let mut out = BytesMut::new();
                 if self.server_mut().statements.has(&stmt.server_name) {
@@ -210,26 +231,33 @@ impl Session<'_> {
         Ok(Some(out))
     }
 
-    /// Runs the guard on a Query/Parse, records session effects (transaction mode,
-    /// outside a transaction); returns the replacement for a refused message.
-    fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Option<BytesMut> {
+    /// Runs the guard on a Query/Parse, scopes its notification channels to the tenant,
+    /// records session effects (transaction mode, outside a transaction).
+    fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Checked {
         let (verdict, analysis) = self
             .state
             .inspector
             .inspect_message(tag, &self.cbuf[start..end]);
         if let Verdict::Refuse { code, message } = verdict {
-            return Some(self.refusal_message(tag, start, end, code, message));
+            return Checked::Replace(self.refusal_message(tag, start, end, code, message));
         }
+        let rewritten = match self.scope_channels(tag, start, end, analysis.as_deref()) {
+            Ok(rewritten) => rewritten,
+            Err(r) => {
+                return Checked::Replace(self.refusal_message(tag, start, end, r.code, r.message))
+            }
+        };
         if let Some(feature) = analysis.as_ref().and_then(|a| a.session_only) {
             if let Err(message) = self.pin(feature) {
-                return Some(self.refusal_message(tag, start, end, "0A000", message));
+                return Checked::Replace(self.refusal_message(tag, start, end, "0A000", message));
             }
         }
+        let checked = rewritten.map_or(Checked::Forward, Checked::Rewrite);
         if verdict == Verdict::AllowReapply {
             self.reapply_after_sync = true;
         }
         if self.mode != PoolMode::Transaction {
-            return None;
+            return checked;
         }
         let idle = self.tx == TxStatus::Idle;
         for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
@@ -244,7 +272,35 @@ impl Session<'_> {
                 _ => {}
             }
         }
-        None
+        checked
+    }
+
+    /// The Query/Parse with its LISTEN/NOTIFY channels moved into this tenant's
+    /// namespace (`tenant.channels = "tenant"`), `None` when it names no channel.
+    fn scope_channels(
+        &self,
+        tag: u8,
+        start: usize,
+        end: usize,
+        analysis: Option<&crate::inspect::Analysis>,
+    ) -> Result<Option<BytesMut>, crate::channels::Refusal> {
+        let (Some(suffix), true) = (&self.channel_suffix, analysis.is_some_and(|a| a.channels))
+        else {
+            return Ok(None);
+        };
+        let msg = &self.cbuf[start..end];
+        let Some(sql) = crate::inspect::sql_of(tag, msg) else {
+            return Ok(None);
+        };
+        let Some(scoped) = crate::channels::scope_sql(sql, suffix)? else {
+            return Ok(None);
+        };
+        protocol::with_sql(msg, &scoped)
+            .map(Some)
+            .ok_or(crate::channels::Refusal {
+                code: "08P01",
+                message: "rlsgate: malformed message".into(),
+            })
     }
 
     /// Transaction mode: `feature` needs one server for the rest of the session. With

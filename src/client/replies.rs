@@ -56,8 +56,24 @@ impl Session<'_> {
                 Step::Message { tag, start, end } => (tag, start, end),
             };
             pos = end;
-            if tag == be::NOTIFICATION_RESPONSE && self.mode == PoolMode::Transaction {
-                rename_notifier(self.state, &mut buf[start..end]);
+            if tag == be::NOTIFICATION_RESPONSE {
+                // Always the client's, even amid a reply the proxy consumes.
+                if self.mode == PoolMode::Transaction {
+                    rename_notifier(self.state, &mut buf[start..end]);
+                }
+                match &self.channel_suffix {
+                    None => write_client(&mut self.client, &buf[sent..end]).await?,
+                    Some(suffix) => {
+                        write_client(&mut self.client, &buf[sent..start]).await?;
+                        // Another tenant's channel (or an unscoped one): dropped.
+                        let own = crate::channels::unscope_notification(&buf[start..end], suffix);
+                        if let Some(own) = own {
+                            write_client(&mut self.client, &own).await?;
+                        }
+                    }
+                }
+                sent = end;
+                continue;
             }
             let msg = &buf[start..end];
             let disposition = self.pipeline.on_message(tag);
@@ -173,6 +189,13 @@ impl Session<'_> {
                     pool.checkin(s, at_boundary).await;
                 }
                 fatal(&mut self.client, ClientError::Shutdown).await
+            }
+            Ok(End::Idle(kind, limit)) => {
+                // Check-in rolls back an open transaction before anyone else gets it.
+                if let Some(s) = server {
+                    pool.checkin(s, at_boundary).await;
+                }
+                fatal(&mut self.client, ClientError::IdleTimeout(kind, limit)).await
             }
             Ok(End::ServerEof) => {
                 if let Some(s) = server {
