@@ -238,3 +238,55 @@ async fn session_only_features_are_refused_with_0a000() {
         .await
         .unwrap();
 }
+
+/// A session-level advisory lock taken where the statement tree does not show it (a DO
+/// block, a RETURNING list) still pins: the lock stays with the client's own server and
+/// is released with it, never left on a pooled server for the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_session_advisory_locks_pin() {
+    let env = txn_env(4, SessionFeatures::Pin, None).await;
+    let metrics = &env.proxy.state.metrics;
+    let a = env.connect("acme").await;
+    a.batch_execute("DO $$ BEGIN PERFORM pg_advisory_lock(99); END $$")
+        .await
+        .unwrap();
+    assert_eq!(Metrics::get(&metrics.pins), 1);
+    let c = env.connect("acme").await;
+    let locked: bool = c
+        .query_one(
+            "UPDATE customers SET name = name WHERE id = (SELECT min(id) FROM customers) \
+             RETURNING pg_try_advisory_lock(100)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(locked);
+    assert_eq!(Metrics::get(&metrics.pins), 2);
+
+    // Every other server is free of both locks, for every transaction of another client.
+    let b = env.connect("globex").await;
+    for _ in 0..10 {
+        let r = b
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(99), pg_try_advisory_xact_lock(100)",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.get::<_, bool>(0), r.get::<_, bool>(1)), (false, false));
+    }
+    drop(a);
+    drop(c);
+    crate::harness::wait_for("the locks released with their servers", || async {
+        let r = b
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(99), pg_try_advisory_xact_lock(100)",
+                &[],
+            )
+            .await
+            .unwrap();
+        r.get::<_, bool>(0) && r.get::<_, bool>(1)
+    })
+    .await;
+}

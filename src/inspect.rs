@@ -360,7 +360,18 @@ pub fn session_only(sql: &str) -> Option<&'static str> {
             return found;
         }
     }
-    None
+    // nodes() skips subtrees (VALUES, ARRAY[], RETURNING, LIMIT, FILTER, window
+    // clauses) and cannot see into DO bodies: any mention of a session-level lock
+    // function pins. A false positive (the name in a string) only costs a pin.
+    mentions_session_advisory_lock(sql)
+        .then_some("a session-level advisory lock (use pg_advisory_xact_lock)")
+}
+
+/// True when `sql` names `pg_advisory_lock[_shared]` or `pg_try_advisory_lock[_shared]`
+/// anywhere (the transaction-level `pg_advisory_xact_lock` family does not match).
+fn mentions_session_advisory_lock(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock")
 }
 
 const TEMP_OBJECT: &str = "a temporary object (in pg_temp) that outlives its transaction";
@@ -493,11 +504,21 @@ mod tests {
             "SELECT 1 AS x INTO TEMP t",
             "PREPARE p AS SELECT 1",
             "EXECUTE p",
+            // Session locks where pg_query's nodes() does not look, and in DO bodies.
+            "INSERT INTO t VALUES (pg_advisory_lock(1))",
+            "VALUES (pg_advisory_lock(1))",
+            "SELECT ARRAY[pg_advisory_lock_shared(1)]",
+            "UPDATE jobs SET x = 1 RETURNING pg_try_advisory_lock(id)",
+            "SELECT count(*) FILTER (WHERE pg_try_advisory_lock(1)) FROM t",
+            "SELECT x FROM t LIMIT ALL OFFSET pg_advisory_lock(1)::int",
+            "DECLARE c CURSOR FOR SELECT pg_advisory_lock(1)",
+            "DO $$ BEGIN PERFORM pg_advisory_lock(7); END $$",
         ] {
             assert!(session_only(sql).is_some(), "{sql}");
         }
         for sql in [
             "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_try_advisory_xact_lock_shared(1), pg_advisory_unlock_all()",
             "CREATE TEMP TABLE t (x int) ON COMMIT DROP",
             "DECLARE c CURSOR FOR SELECT 1",
             "CREATE TABLE t (x int)",
