@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod admin;
 mod auth;
 mod cancel;
 mod channels;

@@ -115,6 +115,19 @@ pub struct Config {
     /// The statement guard.
     #[serde(default)]
     pub guard: GuardSection,
+    /// The admin HTTP endpoint (metrics, health).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: an HTTP endpoint for operators: `GET /metrics` (Prometheus text format)
+/// and `GET /health`. Off unless `addr` is set.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where the endpoint listens (port 0 picks one); unset = no endpoint. It has no
+    /// authentication: bind it to loopback or a private interface.
+    pub addr: Option<SocketAddr>,
 }
 
 /// `[guard]`: the statement guard (parser-based refusal of tenant tampering).

@@ -130,6 +130,7 @@ pub fn demo_config(
             ..TenantConfig::default()
         },
         guard: Default::default(),
+        admin: Default::default(),
     })
 }
 

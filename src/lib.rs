@@ -2,6 +2,7 @@
 //! pooled database session enforced by row-level security.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;

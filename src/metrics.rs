@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Transaction-mode clients that kept their server for the rest of their session.
     pub pins: AtomicU64,
     pub pinned_active: AtomicI64,
+    /// Clients closed by a `[pool]` idle limit.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl Metrics {

@@ -125,11 +125,15 @@ pub struct Server {
     state: Arc<State>,
     tcp: TcpListener,
     unix: Option<(UnixListener, PathBuf)>,
+    /// `[admin] addr`: the metrics and health endpoint.
+    admin: Option<TcpListener>,
 }
 
 /// Handle to a proxy running in the background (tests, `rlsgate demo`).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the admin endpoint listens, when `[admin] addr` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -168,7 +172,25 @@ impl Server {
             }
             None => None,
         };
-        Ok(Server { state, tcp, unix })
+        let admin = match state.config.admin.addr {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Listen {
+                            what: format!("admin {addr}"),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Server {
+            state,
+            tcp,
+            unix,
+            admin,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -185,11 +207,13 @@ impl Server {
     pub fn spawn(self) -> RunningServer {
         let shutdown = CancellationToken::new();
         let addr = self.local_addr();
+        let admin_addr = self.admin.as_ref().and_then(|l| l.local_addr().ok());
         let state = self.state.clone();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { self.run(token).await });
         RunningServer {
             addr,
+            admin_addr,
             state,
             shutdown,
             task,
@@ -198,7 +222,21 @@ impl Server {
 
     /// Accepts clients until `shutdown` is cancelled, then drains sessions.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Server { state, tcp, unix } = self;
+        let Server {
+            state,
+            tcp,
+            unix,
+            admin,
+        } = self;
+        let admin = admin.map(|listener| {
+            info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                  "admin endpoint listening (/metrics, /health)");
+            tokio::spawn(crate::admin::serve(
+                listener,
+                state.clone(),
+                shutdown.clone(),
+            ))
+        });
         info!(addr = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
               unix = ?unix.as_ref().map(|u| u.1.display().to_string()),
               mode = ?state.config.pool.mode, "rlsgate listening");
@@ -269,6 +307,9 @@ impl Server {
         state.pool.close();
         if let Some(path) = unix_path {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(task) = admin {
+            task.abort();
         }
         info!("rlsgate stopped");
     }

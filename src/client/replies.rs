@@ -191,6 +191,7 @@ impl Session<'_> {
                 fatal(&mut self.client, ClientError::Shutdown).await
             }
             Ok(End::Idle(kind, limit)) => {
+                crate::metrics::Metrics::inc(&self.state.metrics.idle_timeouts);
                 // Check-in rolls back an open transaction before anyone else gets it.
                 if let Some(s) = server {
                     pool.checkin(s, at_boundary).await;
