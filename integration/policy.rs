@@ -359,8 +359,14 @@ async fn an_apply_killed_mid_backfill_resumes_when_run_again() {
         !rls_state(&env).contains("=true"),
         "the schema transaction never ran"
     );
-    // (Not asserted: `filled` being a multiple of the batch size. One CI run saw 99 —
-    // to be understood; see docs/next-steps.md. Resumability is what matters here.)
+    // Every customer had no tenant and the keys are contiguous, so each committed batch
+    // filled exactly 100 rows. (A run once saw 199: the batch's last key was taken in text
+    // order, '99' > '100', so the second batch restarted at id 100 and filled only 99.)
+    assert_eq!(
+        filled % 100,
+        0,
+        "each batch committed whole ({filled} filled)"
+    );
 
     let plan = ok(&env, &["plan"]);
     assert!(
@@ -382,6 +388,73 @@ async fn an_apply_killed_mid_backfill_resumes_when_run_again() {
         sql(
             &env,
             "SELECT count(*) FROM customers WHERE tenant_id <> 'acme'"
+        ),
+        "0"
+    );
+}
+
+/// The backfill walks the primary key in key order, not text order: with 2,000 contiguous
+/// ids and batches of 100, every batch fills 100 new rows and ends 100 ids further on
+/// (ids 1..100 end at 100, not at '99', the greatest id as text).
+#[tokio::test]
+async fn backfill_batches_are_whole_and_follow_the_key_order() {
+    use rlsgate::policy::backfill::{self, Backfill, BackfillOptions};
+    use rlsgate::policy::db::Database;
+    use rlsgate::policy::sql::QualifiedName;
+
+    let env = shop().await;
+    sql(&env, "ALTER TABLE customers ADD COLUMN tenant_id text");
+    rlsgate::tls::install_default_provider();
+    let db = Database::from_url(&env.pg.superuser_url("app")).unwrap();
+    let job = Backfill {
+        table: QualifiedName::new("public", "customers"),
+        column: "tenant_id".into(),
+        value: "'acme'::text".into(),
+        rows: 2000,
+        key: vec![("id".into(), "bigint".into())],
+    };
+
+    // The first batch by hand: its last key is the greatest id of the batch.
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(&job.batch_sql(100, false), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 100);
+    assert_eq!(row.get::<_, String>(1), "100");
+    let row = client
+        .query_one(&job.batch_sql(100, true), &[&"100"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (100, "200".to_string()),
+        "the second batch is ids 101..200, all still without a tenant"
+    );
+    drop(client);
+
+    // Then `run`, which (like a resumed apply) walks from the first key: ids 1..200 are
+    // filled already, then every batch fills 100 rows, then one finds no row.
+    let mut totals = Vec::new();
+    let opts = BackfillOptions {
+        batch_size: 100,
+        delay: Duration::ZERO,
+        disable_triggers: false,
+    };
+    let total = backfill::run(&db, &job, &opts, |t| totals.push(t))
+        .await
+        .unwrap();
+    assert_eq!(total, 1800);
+    let expected: Vec<u64> = [0, 0]
+        .into_iter()
+        .chain((1..=18).map(|k| k * 100))
+        .chain([1800])
+        .collect();
+    assert_eq!(totals, expected, "whole batches of 100");
+    assert_eq!(
+        sql(
+            &env,
+            "SELECT count(*) FROM customers WHERE tenant_id IS NULL"
         ),
         "0"
     );

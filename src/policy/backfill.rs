@@ -83,13 +83,17 @@ impl Backfill {
         } else {
             String::new()
         };
+        // Qualified on purpose: in `SELECT id::text ... ORDER BY id`, a bare `id` names the
+        // output column (the cast keeps the name), so the batch's "last" key would be its
+        // greatest as text ('99' > '100'); the next batch would then start below the end of
+        // this one and revisit rows already filled. `batch.id` is always the typed column.
         let last: Vec<String> = names
             .iter()
-            .map(|n| format!("{}::text", quote_ident(n)))
+            .map(|n| format!("batch.{}::text", quote_ident(n)))
             .collect();
         let desc: Vec<String> = names
             .iter()
-            .map(|n| format!("{} DESC", quote_ident(n)))
+            .map(|n| format!("batch.{} DESC", quote_ident(n)))
             .collect();
         format!(
             "WITH batch AS (SELECT {keys} FROM {table}{bound} ORDER BY {keys} LIMIT {limit}), \

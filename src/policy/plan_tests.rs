@@ -391,7 +391,8 @@ fn backfill_batches_walk_the_primary_key() {
         "WITH batch AS (SELECT id FROM public.customers WHERE (id) > ($1::text::bigint) \
          ORDER BY id LIMIT 100), done AS (UPDATE public.customers AS t SET tenant_id = \
          'acme'::text FROM batch WHERE (t.id) = (batch.id) AND t.tenant_id IS NULL RETURNING 1) \
-         SELECT (SELECT count(*) FROM done), id::text FROM batch ORDER BY id DESC LIMIT 1"
+         SELECT (SELECT count(*) FROM done), batch.id::text FROM batch \
+         ORDER BY batch.id DESC LIMIT 1"
     );
     assert!(!job.batch_sql(100, false).contains("$1"));
     let mut keyless = job.clone();
