@@ -236,6 +236,15 @@ pub struct JwtConfig {
     pub public_key_file: Option<PathBuf>,
     /// JWKS document (keys selected by `kid`).
     pub jwks_file: Option<PathBuf>,
+    /// JWKS fetched over HTTPS (http only to loopback) at the first login, refreshed
+    /// after `jwks_refresh` and when a token names an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// Age after which the fetched JWKS is refreshed (in the background).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Shortest time between two fetches caused by unknown `kid`s or failures.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_interval: Duration,
     /// Required `iss`.
     pub issuer: Option<String>,
     /// Required `aud` (any of these).
@@ -261,6 +270,9 @@ impl Default for JwtConfig {
             secret_file: None,
             public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(600),
+            jwks_min_interval: Duration::from_secs(30),
             issuer: None,
             audience: Vec::new(),
             leeway: Duration::from_secs(30),

@@ -93,7 +93,7 @@ impl AuthSource<Result<Identity, AuthError>> for JwtSource {
     ) -> PgWireResult<Option<Result<Identity, AuthError>>> {
         let verdict = match std::str::from_utf8(presented) {
             Ok("") => Err(AuthError::Empty),
-            Ok(token) => self.verifier.verify(token, login.user()),
+            Ok(token) => self.verifier.verify_fetching(token, login.user()).await,
             Err(_) => Err(AuthError::Malformed),
         };
         Ok(Some(verdict))

@@ -68,6 +68,16 @@ pub fn server_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// TLS for outbound HTTPS (the JWKS fetch): webpki roots, aws-lc-rs.
+pub fn https_client_config() -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Builds the connector for upstream connections, or `None` for `sslmode = disable`.
 pub fn upstream_connector(
     mode: SslMode,

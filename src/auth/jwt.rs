@@ -8,6 +8,7 @@
 mod identity;
 mod keys;
 mod mint;
+mod remote;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -87,6 +88,8 @@ pub enum AuthError {
     InvalidRole(String),
     #[error("user does not match token subject")]
     UserMismatch,
+    #[error("signing keys unavailable (auth.jwt.jwks_url could not be fetched)")]
+    KeysUnavailable,
     #[error("token verification failed")]
     Internal,
 }
@@ -115,6 +118,7 @@ impl AuthError {
             Self::InvalidTenant { .. } => "tenant",
             Self::InvalidRole(_) => "role",
             Self::UserMismatch => "user_mismatch",
+            Self::KeysUnavailable => "keys_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -215,6 +219,28 @@ impl JwtVerifier {
         &self.algorithms
     }
 
+    /// [`verify`](Self::verify), fetching the JWK set first when it comes from
+    /// `jwks_url` and is missing or stale, and once more when the token names a `kid`
+    /// it lacks (a rotated key; rate-limited by `jwks_min_interval`).
+    pub async fn verify_fetching(
+        &self,
+        token: &str,
+        startup_user: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let Some(remote) = self.keys.remote() else {
+            return self.verify(token, startup_user);
+        };
+        remote.prepare().await;
+        match self.verify(token, startup_user) {
+            Err(AuthError::UnknownKeyId | AuthError::KeysUnavailable)
+                if remote.fetch(remote::Need::UnknownKid).await =>
+            {
+                self.verify(token, startup_user)
+            }
+            other => other,
+        }
+    }
+
     /// Verifies `token` (the client's password) and returns who it identifies.
     /// `startup_user` is the `user` from the startup packet (checked when `match_user`).
     pub fn verify(&self, token: &str, startup_user: Option<&str>) -> Result<Identity, AuthError> {
@@ -233,7 +259,7 @@ impl JwtVerifier {
             .find(|(alg, _)| *alg == header.alg)
             .map(|(_, v)| v)
             .ok_or(AuthError::AlgorithmNotAllowed(header.alg))?;
-        let data = jsonwebtoken::decode::<Value>(token, key, validation)
+        let data = jsonwebtoken::decode::<Value>(token, &key, validation)
             .map_err(|e| self.map_decode_error(e.kind()))?;
         self.identity_from_claims(data.claims, startup_user)
     }

@@ -169,10 +169,35 @@ fn validate_jwt(jwt: &JwtConfig) -> Result<(), ConfigError> {
             _ => non_empty_opt("auth.jwt.secret_env", jwt.secret_env.as_deref())?,
         },
         (None, Some(p)) => {
-            if jwt.public_key_file.is_none() && jwt.jwks_file.is_none() {
+            let sources = [
+                jwt.public_key_file.is_some(),
+                jwt.jwks_file.is_some(),
+                jwt.jwks_url.is_some(),
+            ];
+            match sources.iter().filter(|s| **s).count() {
+                0 => {
+                    return Err(ConfigError::invalid(
+                        "auth.jwt.public_key_file",
+                        format!(
+                            "{p} needs `auth.jwt.public_key_file`, `auth.jwt.jwks_file` or \
+                             `auth.jwt.jwks_url`"
+                        ),
+                    ))
+                }
+                1 => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "auth.jwt.public_key_file",
+                        "set only one of `auth.jwt.public_key_file`, `auth.jwt.jwks_file` and \
+                         `auth.jwt.jwks_url`",
+                    ))
+                }
+            }
+            non_empty_opt("auth.jwt.jwks_url", jwt.jwks_url.as_deref())?;
+            if jwt.jwks_refresh.is_zero() {
                 return Err(ConfigError::invalid(
-                    "auth.jwt.public_key_file",
-                    format!("{p} needs `auth.jwt.public_key_file` or `auth.jwt.jwks_file`"),
+                    "auth.jwt.jwks_refresh",
+                    "must be longer than 0s",
                 ));
             }
         }

@@ -1,12 +1,15 @@
-//! Verification keys: the HS* secret, a PEM public key or a JWKS file, and which key
-//! verifies a given token header.
+//! Verification keys: the HS* secret, a PEM public key, a JWKS file or a JWKS URL, and
+//! which key verifies a given token header.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header};
 
+use super::remote::RemoteJwks;
 use super::AuthError;
 use crate::config::JwtConfig;
 
@@ -78,6 +81,8 @@ pub(super) enum KeySet {
     Pem(PublicKey),
     /// `jwks_file`: keys selected by the header's `kid`.
     Jwks(Vec<PublicKey>),
+    /// `jwks_url`: like `Jwks`, fetched and refreshed over HTTP(S).
+    Remote(Arc<RemoteJwks>),
 }
 
 impl fmt::Debug for KeySet {
@@ -93,6 +98,7 @@ impl fmt::Debug for KeySet {
                     .collect();
                 write!(f, "Jwks({kids:?})")
             }
+            Self::Remote(remote) => write!(f, "Remote({remote:?})"),
         }
     }
 }
@@ -105,10 +111,10 @@ impl KeySet {
             .all(|a| a.family() == AlgorithmFamily::Hmac);
         let has_secret = cfg.secret_env.is_some() || cfg.secret_file.is_some();
         if hmac {
-            if cfg.public_key_file.is_some() || cfg.jwks_file.is_some() {
+            if cfg.public_key_file.is_some() || cfg.jwks_file.is_some() || cfg.jwks_url.is_some() {
                 return Err(JwtSetupError::invalid(
                     "auth.jwt.algorithms",
-                    "HS* algorithms use secret_env/secret_file, not public_key_file/jwks_file",
+                    "HS* algorithms use secret_env/secret_file, not public_key_file/jwks_file/jwks_url",
                 ));
             }
             let (key, secret) = read_secret(cfg)?;
@@ -126,41 +132,69 @@ impl KeySet {
                 "a secret is configured but the algorithms are asymmetric (RS*/PS*/ES*/EdDSA)",
             ));
         }
-        match (&cfg.public_key_file, &cfg.jwks_file) {
-            (Some(path), None) => load_pem(path, algorithms).map(Self::Pem),
-            (None, Some(path)) => load_jwks(path, algorithms).map(Self::Jwks),
-            (Some(_), Some(_)) => Err(JwtSetupError::invalid(
+        match (&cfg.public_key_file, &cfg.jwks_file, &cfg.jwks_url) {
+            (Some(path), None, None) => load_pem(path, algorithms).map(Self::Pem),
+            (None, Some(path), None) => load_jwks(path, algorithms).map(Self::Jwks),
+            (None, None, Some(url)) => {
+                RemoteJwks::new(url, cfg, algorithms).map(|r| Self::Remote(Arc::new(r)))
+            }
+            (None, None, None) => Err(JwtSetupError::invalid(
                 "auth.jwt.public_key_file",
-                "set either public_key_file or jwks_file, not both",
+                "asymmetric algorithms need public_key_file, jwks_file or jwks_url",
             )),
-            (None, None) => Err(JwtSetupError::invalid(
+            _ => Err(JwtSetupError::invalid(
                 "auth.jwt.public_key_file",
-                "asymmetric algorithms need public_key_file or jwks_file",
+                "set only one of public_key_file, jwks_file, jwks_url",
             )),
         }
     }
 
     /// The key that verifies a token with this header (whose `alg` is already pinned).
-    pub(super) fn select(&self, header: &Header) -> Result<&DecodingKey, AuthError> {
+    pub(super) fn select(&self, header: &Header) -> Result<Cow<'_, DecodingKey>, AuthError> {
         let alg = header.alg;
         let key = match self {
-            Self::Secret(key) if alg.family() == AlgorithmFamily::Hmac => return Ok(key),
+            Self::Secret(key) if alg.family() == AlgorithmFamily::Hmac => {
+                return Ok(Cow::Borrowed(key))
+            }
             Self::Secret(_) => return Err(AuthError::KeyMismatch),
             Self::Pem(key) => key,
-            Self::Jwks(keys) => match header.kid.as_deref() {
-                Some(kid) => keys
-                    .iter()
-                    .find(|k| k.kid.as_deref() == Some(kid))
-                    .ok_or(AuthError::UnknownKeyId)?,
-                None if keys.len() == 1 => &keys[0],
-                None => return Err(AuthError::MissingKeyId),
-            },
+            Self::Jwks(keys) => by_kid(keys, header)?,
+            Self::Remote(remote) => {
+                let keys = remote.keys().ok_or(AuthError::KeysUnavailable)?;
+                let key = by_kid(&keys, header)?;
+                return if key.accepts(alg) {
+                    Ok(Cow::Owned(key.key.clone()))
+                } else {
+                    Err(AuthError::KeyMismatch)
+                };
+            }
         };
         if key.accepts(alg) {
-            Ok(&key.key)
+            Ok(Cow::Borrowed(&key.key))
         } else {
             Err(AuthError::KeyMismatch)
         }
+    }
+
+    /// The fetched key set, when the keys come from `jwks_url`.
+    pub(super) fn remote(&self) -> Option<&Arc<RemoteJwks>> {
+        match self {
+            Self::Remote(remote) => Some(remote),
+            _ => None,
+        }
+    }
+}
+
+/// The key of a JWK set named by the header's `kid` (or the only key when there is no
+/// `kid` and the set has one).
+fn by_kid<'k>(keys: &'k [PublicKey], header: &Header) -> Result<&'k PublicKey, AuthError> {
+    match header.kid.as_deref() {
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.kid.as_deref() == Some(kid))
+            .ok_or(AuthError::UnknownKeyId),
+        None if keys.len() == 1 => Ok(&keys[0]),
+        None => Err(AuthError::MissingKeyId),
     }
 }
 
@@ -284,26 +318,30 @@ fn ec_curve(jwk: &Jwk) -> Option<EllipticCurve> {
     }
 }
 
-/// Loads `jwks_file`. Keys that can never verify a signature here are skipped:
-/// `use: enc`, symmetric (`oct`) keys, unknown key types, non-signing `alg`s.
+/// Loads `jwks_file` (see [`parse_jwks`]).
 fn load_jwks(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<PublicKey>, JwtSetupError> {
     const KEY: &str = "auth.jwt.jwks_file";
-    let bad = |reason: String| JwtSetupError::BadKeyFile {
+    let text = read_file(KEY, path)?;
+    parse_jwks(&text, algorithms).map_err(|reason| JwtSetupError::BadKeyFile {
         key: KEY,
         path: path.into(),
         reason,
-    };
-    let text = read_file(KEY, path)?;
-    let set: JwkSet =
-        serde_json::from_slice(&text).map_err(|e| bad(format!("is not a JWK set: {e}")))?;
+    })
+}
+
+/// A JWK set document as verification keys. Keys that can never verify a signature
+/// here are skipped: `use: enc`, symmetric (`oct`) keys, unknown key types, non-signing
+/// `alg`s. Fails on duplicate `kid`s and when no key fits `algorithms`.
+pub(super) fn parse_jwks(text: &[u8], algorithms: &[Algorithm]) -> Result<Vec<PublicKey>, String> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("is not a JWK set: {e}"))?;
     let mut keys: Vec<PublicKey> = Vec::new();
     for jwk in &set.keys {
-        let Some(public) = jwk_public_key(jwk).map_err(bad)? else {
+        let Some(public) = jwk_public_key(jwk)? else {
             continue;
         };
         if public.kid.is_some() && keys.iter().any(|k| k.kid == public.kid) {
             let kid = public.kid.unwrap_or_default();
-            return Err(bad(format!("has two keys with kid {kid:?}")));
+            return Err(format!("has two keys with kid {kid:?}"));
         }
         keys.push(public);
     }
@@ -311,11 +349,16 @@ fn load_jwks(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<PublicKey>, Jw
         .iter()
         .any(|k| algorithms.iter().any(|a| k.accepts(*a)))
     {
-        return Err(bad(
-            "has no signing key for any of auth.jwt.algorithms".into()
-        ));
+        return Err("has no signing key for any of auth.jwt.algorithms".into());
     }
     Ok(keys)
+}
+
+/// The `kid`s of a key set, for logs.
+pub(super) fn kids(keys: &[PublicKey]) -> Vec<&str> {
+    keys.iter()
+        .map(|k| k.kid.as_deref().unwrap_or("-"))
+        .collect()
 }
 
 /// One JWK as a verification key; `Ok(None)` when it is not a usable signing key.

@@ -167,7 +167,10 @@ fn pem_key_type_must_fit_algorithms() {
     let msg = JwtVerifier::from_config(&config(&["RS256"]))
         .expect_err("no key")
         .to_string();
-    assert!(msg.contains("public_key_file or jwks_file"), "{msg}");
+    assert!(
+        msg.contains("public_key_file, jwks_file or jwks_url"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -301,4 +304,35 @@ fn asymmetric_tokens_still_get_claim_checks() {
         .verify(&mint(&o).expect("mint"), Some("alice"))
         .expect_err("no iss");
     assert_eq!(err.to_string(), "missing claim iss");
+}
+
+#[test]
+fn jwks_url_must_be_https_or_loopback_http() {
+    let cfg = |url: &str| JwtConfig {
+        algorithms: vec!["RS256".into()],
+        jwks_url: Some(url.into()),
+        ..JwtConfig::default()
+    };
+    for ok in [
+        "https://idp.example.com/.well-known/jwks.json",
+        "http://127.0.0.1:8080/jwks.json",
+        "http://localhost/jwks.json",
+        "http://[::1]:9/jwks.json",
+    ] {
+        crate::tls::install_default_provider();
+        let v = JwtVerifier::from_config(&cfg(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        // Nothing is fetched before the first login.
+        assert!(format!("{v:?}").contains("kids: None"), "{v:?}");
+    }
+    for bad in [
+        "http://idp.example.com/jwks.json",
+        "ftp://127.0.0.1/jwks.json",
+        "not a url",
+    ] {
+        let err = JwtVerifier::from_config(&cfg(bad)).unwrap_err().to_string();
+        assert!(err.starts_with("auth.jwt.jwks_url:"), "{bad}: {err}");
+    }
+    let mut both = cfg("https://idp.example.com/jwks.json");
+    both.jwks_file = Some("jwks.json".into());
+    assert!(JwtVerifier::from_config(&both).is_err());
 }
