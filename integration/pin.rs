@@ -267,26 +267,24 @@ async fn hidden_session_advisory_locks_pin() {
     // Every other server is free of both locks, for every transaction of another client.
     let b = env.connect("globex").await;
     for _ in 0..10 {
-        let r = b
-            .query_one(
-                "SELECT pg_try_advisory_xact_lock(99), pg_try_advisory_xact_lock(100)",
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_eq!((r.get::<_, bool>(0), r.get::<_, bool>(1)), (false, false));
+        assert_eq!(locks_free(&b).await, (false, false));
     }
     drop(a);
     drop(c);
     crate::harness::wait_for("the locks released with their servers", || async {
-        let r = b
-            .query_one(
-                "SELECT pg_try_advisory_xact_lock(99), pg_try_advisory_xact_lock(100)",
-                &[],
-            )
-            .await
-            .unwrap();
-        r.get::<_, bool>(0) && r.get::<_, bool>(1)
+        locks_free(&b).await == (true, true)
     })
     .await;
+}
+
+/// Whether advisory locks 99 and 100 are free for `client`'s next transaction.
+async fn locks_free(client: &tokio_postgres::Client) -> (bool, bool) {
+    let r = client
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(99), pg_try_advisory_xact_lock(100)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
 }
