@@ -1,5 +1,6 @@
 //! Defence in depth: the upstream role check and the sealed tenant context.
 
+use rlsgate::config::PoolMode;
 use rlsgate::server::{Server, ServerError};
 
 use crate::harness::Env;
@@ -115,4 +116,73 @@ async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
         0,
         "but the seal does not verify: no row of globex (nor acme)"
     );
+}
+
+/// A Query message with raw `sql` bytes (any client encoding).
+fn raw_query(sql: &[u8]) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
+    m.extend_from_slice(sql);
+    m.push(0);
+    m
+}
+
+/// A LATIN1 client: its statements are not UTF-8, and the guard still reads them (a
+/// text it could not decode used to pass unread). Non-ASCII text itself works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latin1_text_is_inspected_like_any_other() {
+    use crate::harness::{summarize, Raw};
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let env = Env::with(|c| c.pool.mode = mode).await;
+        let mut raw = Raw::connect(env.port(), "u", &env.token("acme")).await;
+        raw.send(&raw_query(b"SET client_encoding TO 'LATIN1'"))
+            .await;
+        raw.until_ready(1).await;
+
+        // The 0xE9 in the comment makes the text invalid UTF-8.
+        raw.send(&raw_query(
+            b"SELECT set_config('app.current_tenant', 'globex', false) /* caf\xe9 */",
+        ))
+        .await;
+        let got = summarize(&raw.until_ready(1).await);
+        assert!(
+            got[0].starts_with("E 42501 rlsgate: set_config of app.current_tenant is not allowed"),
+            "{mode:?}: {got:?}"
+        );
+        raw.send(&raw_query(
+            b"SELECT string_agg(DISTINCT tenant_id, ',') || ' caf\xe9' FROM customers",
+        ))
+        .await;
+        let msgs = raw.until_ready(1).await;
+        let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+        assert!(
+            row.1.ends_with(b"acme caf\xe9"),
+            "{mode:?}: tenant and LATIN1 text round-trip: {:?}",
+            String::from_utf8_lossy(&row.1)
+        );
+
+        // Per-tenant channels cannot rewrite non-UTF-8 text: refused, not run unscoped.
+        raw.send(&raw_query(b"LISTEN jobs /* \xe9 */")).await;
+        let got = summarize(&raw.until_ready(1).await);
+        assert!(got[0].starts_with("E 0A000"), "{mode:?}: {got:?}");
+
+        if mode == PoolMode::Transaction {
+            // Statement names are renamed by their text: raw bytes would stay on a pooled
+            // server under the client's own name. The session ends with a clear FATAL.
+            let mut parse = vec![b'P'];
+            let body = b"s\xe9\0SELECT 1\0\0\0";
+            parse.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
+            parse.extend_from_slice(body);
+            parse.extend_from_slice(b"S\0\0\0\x04");
+            raw.send(&parse).await;
+            let got = summarize(&[raw.read().await]);
+            assert_eq!(
+                got,
+                [
+                    "E 08P01 protocol violation: statement names must be UTF-8 in transaction \
+                  pooling mode"
+                ]
+            );
+        }
+    }
 }

@@ -73,7 +73,7 @@ pub fn scope_sql(sql: &str, suffix: &str) -> Result<Option<String>, Refusal> {
     let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
         return Ok(None); // PostgreSQL reports the syntax error itself.
     };
-    let before = channels_of(&parsed.protobuf);
+    let before = channels_of(&parsed.protobuf)?;
     if before.is_empty() {
         return Ok(None);
     }
@@ -127,7 +127,11 @@ enum Channel {
     Call { location: usize },
 }
 
-fn channels_of(parsed: &protobuf::ParseResult) -> Vec<Channel> {
+/// Channel references of the top-level statements, in order (one per `pg_notify` call
+/// site: the parser shares one expression among the columns of `SET (a, b) = (...)`).
+/// LISTEN/NOTIFY nested in a rule action or a `BEGIN ATOMIC` body is refused: it would
+/// run later, in whichever session fires it, under no tenant's suffix.
+fn channels_of(parsed: &protobuf::ParseResult) -> Result<Vec<Channel>, Refusal> {
     use protobuf::node::Node;
     let mut out = Vec::new();
     for raw in &parsed.stmts {
@@ -151,36 +155,55 @@ fn channels_of(parsed: &protobuf::ParseResult) -> Vec<Channel> {
             }),
             _ => {
                 // The whole tree in its serde form: pg_query's nodes() skips subtrees.
-                if let Ok(tree) = serde_json::to_value(node) {
-                    find_calls(&tree, &mut out);
-                }
+                let tree = serde_json::to_value(node)
+                    .map_err(|_| unverifiable("cannot read the statement tree"))?;
+                let mut calls = Vec::new();
+                find_calls(&tree, &mut calls)?;
+                calls.sort_unstable();
+                calls.dedup();
+                out.extend(calls.into_iter().map(|location| Channel::Call { location }));
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// `pg_notify` calls anywhere in a statement tree.
-fn find_calls(value: &Value, out: &mut Vec<Channel>) {
+/// Locations of the `pg_notify` calls anywhere in a statement tree (unqualified or
+/// `pg_catalog.`; a function of that name in another schema is someone else's).
+fn find_calls(value: &Value, out: &mut Vec<usize>) -> Result<(), Refusal> {
     match value {
-        Value::Array(items) => items.iter().for_each(|v| find_calls(v, out)),
+        Value::Array(items) => items.iter().try_for_each(|v| find_calls(v, out)),
         Value::Object(map) => {
+            if ["ListenStmt", "UnlistenStmt", "NotifyStmt"]
+                .iter()
+                .any(|k| map.contains_key(*k))
+            {
+                return Err(refuse(
+                    "0A000",
+                    "rlsgate: LISTEN/NOTIFY inside a rule or a BEGIN ATOMIC body is not \
+                     supported with per-tenant channels (tenant.channels); use \
+                     pg_notify(rlsgate.channel('name'), ...) in a function instead"
+                        .into(),
+                ));
+            }
             if map.contains_key("funcname") && map.contains_key("agg_within_group") {
-                let last = map["funcname"]
+                let names: Vec<&str> = map["funcname"]
                     .as_array()
-                    .and_then(|names| names.last())
-                    .and_then(|n| n.pointer("/node/String/sval"))
-                    .and_then(Value::as_str);
-                if last == Some("pg_notify") {
+                    .map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| n.pointer("/node/String/sval").and_then(Value::as_str))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if matches!(names[..], ["pg_notify"] | ["pg_catalog", "pg_notify"]) {
                     let location = map.get("location").and_then(Value::as_i64).unwrap_or(-1);
-                    out.push(Channel::Call {
-                        location: location.max(0) as usize,
-                    });
+                    out.push(location.max(0) as usize);
                 }
             }
-            map.values().for_each(|v| find_calls(v, out));
+            map.values().try_for_each(|v| find_calls(v, out))
         }
-        _ => {}
+        _ => Ok(()),
     }
 }
 
@@ -301,7 +324,7 @@ fn apply(sql: &str, mut edits: Vec<Edit>) -> String {
 fn verify(rewritten: &str, before: &[Channel], suffix: &str) -> Result<(), Refusal> {
     let parsed = pg_query::parse(rewritten, pg_query::ParserOptions::DEFAULT)
         .map_err(|_| unverifiable("rewritten text does not parse"))?;
-    let after = channels_of(&parsed.protobuf);
+    let after = channels_of(&parsed.protobuf)?;
     let same = after.len() == before.len()
         && before.iter().zip(&after).all(|(b, a)| match (b, a) {
             (Channel::Statement { name: b, .. }, Channel::Statement { name: a, .. }) => {

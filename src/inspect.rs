@@ -3,6 +3,7 @@
 //! and, for transaction pooling, features that cannot work across transactions.
 //! Results are cached by statement text, so a repeated statement costs one hash lookup.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -171,16 +172,32 @@ impl Inspector {
 
     /// The guard's verdict for one Query or Parse message, plus its analysis (whose
     /// `session_only` feature the session pins or refuses, see `pool.session_features`).
+    /// A text that is not UTF-8 (a `LATIN1` client, say) is judged by its byte-for-char
+    /// view (see [`sql_of`]), never let through unread.
     pub fn inspect_message(&self, tag: u8, msg: &[u8]) -> (Verdict, Option<Arc<Analysis>>) {
         let Some(sql) = sql_of(tag, msg) else {
+            // No text: not a Query/Parse, or malformed (PostgreSQL rejects it).
             return (Verdict::Allow, None);
         };
-        let a = self.analyse(sql);
+        let a = self.analyse(&sql.text);
         let verdict = match &a.guard {
             guard::Verdict::Refuse(r) => Verdict::Refuse {
                 code: "42501",
                 message: r.message.clone(),
             },
+            // The remembered text would be replayed in another encoding.
+            _ if !sql.utf8
+                && self.mode == PoolMode::Transaction
+                && a.effects.iter().any(|e| matches!(e, Effect::Set { .. })) =>
+            {
+                Verdict::Refuse {
+                    code: "0A000",
+                    message: "rlsgate: a SET whose text is not UTF-8 cannot be carried across \
+                              transactions in transaction pooling mode; use client_encoding \
+                              UTF8 or ASCII-only SET statements"
+                        .into(),
+                }
+            }
             guard::Verdict::AllowReapply => Verdict::AllowReapply,
             _ if a.effects.contains(&Effect::ResetAll) => Verdict::AllowReapply,
             _ => Verdict::Allow,
@@ -190,10 +207,11 @@ impl Inspector {
 }
 
 /// True when `sql` may name a notification channel: `LISTEN`, `UNLISTEN`, `NOTIFY`
-/// or `pg_notify` (all contain one of the two words, in any case).
+/// or `pg_notify` (all contain one of the two words, in any case), or a Unicode-escaped
+/// identifier (`U&"pg_!006eotify"` spells `pg_notify` without the word).
 fn mentions_channels(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    lower.contains("listen") || lower.contains("notify")
+    lower.contains("listen") || lower.contains("notify") || lower.contains("u&")
 }
 
 /// Inserts into a cache that is emptied when full (a crude but bounded policy).
@@ -209,18 +227,43 @@ fn insert_bounded(
     cache.insert(key, a.clone());
 }
 
-/// The SQL text of a Query or Parse message.
-pub fn sql_of(tag: u8, msg: &[u8]) -> Option<&str> {
+/// The SQL text of a Query or Parse message, as the guard reads it.
+pub struct SqlText<'m> {
+    /// The text; when the bytes are not UTF-8, each byte as the char of the same number
+    /// (its Latin-1 reading).
+    pub text: Cow<'m, str>,
+    /// Whether the bytes were UTF-8 (`text` is then exactly them).
+    pub utf8: bool,
+}
+
+/// The SQL text of a Query or Parse message; `None` for other messages and malformed
+/// ones (no NUL terminator).
+///
+/// Why the Latin-1 reading is safe for a guard: every client encoding rlsgate allows is
+/// ASCII-compatible and never uses a byte below 0x80 inside a multi-byte character
+/// (encodings that do are refused, see `tenant::UNSAFE_ENCODINGS`), and every character
+/// that matters to the lexer is ASCII. Mapping each non-ASCII byte to a non-ASCII char
+/// keeps every quote, keyword and ASCII identifier where the server sees it, and a name
+/// with a non-ASCII character cannot equal an ASCII one.
+pub fn sql_of(tag: u8, msg: &[u8]) -> Option<SqlText<'_>> {
     let body = protocol::body(msg);
-    let mut pos = 0;
-    match tag {
-        fe::QUERY => protocol::read_cstr(body, &mut pos),
-        fe::PARSE => {
-            protocol::read_cstr(body, &mut pos)?;
-            protocol::read_cstr(body, &mut pos)
-        }
-        _ => None,
-    }
+    let start = match tag {
+        fe::QUERY => 0,
+        fe::PARSE => body.iter().position(|&b| b == 0)? + 1,
+        _ => return None,
+    };
+    let rest = body.get(start..)?;
+    let bytes = &rest[..rest.iter().position(|&b| b == 0)?];
+    Some(match std::str::from_utf8(bytes) {
+        Ok(text) => SqlText {
+            text: Cow::Borrowed(text),
+            utf8: true,
+        },
+        Err(_) => SqlText {
+            text: Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+            utf8: false,
+        },
+    })
 }
 
 /// Top-level statements of `sql` with their source text.
@@ -317,6 +360,8 @@ pub fn session_only(sql: &str) -> Option<&'static str> {
     for (node, _, _, _) in parsed.protobuf.nodes() {
         let found = match node {
             NodeRef::ListenStmt(_) => Some("LISTEN"),
+            // Dynamic SQL in a DO body cannot be read; a LISTEN anywhere in it pins.
+            NodeRef::DoStmt(_) if sql.to_ascii_lowercase().contains("listen") => Some("LISTEN"),
             NodeRef::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => {
                 Some("DECLARE ... WITH HOLD")
             }
@@ -513,6 +558,7 @@ mod tests {
             "SELECT x FROM t LIMIT ALL OFFSET pg_advisory_lock(1)::int",
             "DECLARE c CURSOR FOR SELECT pg_advisory_lock(1)",
             "DO $$ BEGIN PERFORM pg_advisory_lock(7); END $$",
+            "DO $$ BEGIN EXECUTE 'LISTEN ' || quote_ident('x'); END $$",
         ] {
             assert!(session_only(sql).is_some(), "{sql}");
         }

@@ -109,3 +109,26 @@ fn notifications_reach_only_their_own_tenant_without_the_suffix() {
     );
     assert_eq!(unscope_notification(b"A\0\0\0\x06\0", S), None);
 }
+
+#[test]
+fn review_findings_stay_fixed() {
+    // One call site shared by several SET columns gets one suffix, not one per column.
+    assert_eq!(
+        scoped("UPDATE t SET (a, b) = (SELECT pg_notify('x', 'p'), 1)"),
+        format!("UPDATE t SET (a, b) = (SELECT pg_notify(('x')||'{S}', 'p'), 1)")
+    );
+    // A pg_notify of another schema is left alone; pg_catalog's is scoped.
+    assert_eq!(scope_sql("SELECT myschema.pg_notify(1, 2)", S), Ok(None));
+    // Unicode-escaped name: the parse tree has the real name.
+    assert_eq!(
+        scoped("SELECT U&\"pg_!006eotify\" UESCAPE '!'('jobs', 'x')"),
+        format!("SELECT U&\"pg_!006eotify\" UESCAPE '!'(('jobs')||'{S}', 'x')")
+    );
+    // LISTEN/NOTIFY that would run later, in someone else's session: refused.
+    for sql in [
+        "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY orders",
+        "CREATE RULE r AS ON INSERT TO t DO ALSO (NOTIFY a; NOTIFY b)",
+    ] {
+        assert_eq!(refused(sql).code, "0A000", "{sql}");
+    }
+}

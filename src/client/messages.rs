@@ -34,6 +34,13 @@ impl Session<'_> {
         end: usize,
     ) -> Result<Option<BytesMut>, ClientError> {
         let txn = self.mode == PoolMode::Transaction;
+        if txn && !statement_name_is_utf8(tag, &self.cbuf[start..end]) {
+            // Names are renamed by their text; raw bytes would pass unrenamed and stay on a
+            // pooled server for the next client.
+            return Err(ClientError::Protocol(
+                "statement names must be UTF-8 in transaction pooling mode".into(),
+            ));
+        }
         match tag {
             fe::QUERY => {
                 // A simple Query destroys the unnamed statement.
@@ -292,7 +299,16 @@ impl Session<'_> {
         let Some(sql) = crate::inspect::sql_of(tag, msg) else {
             return Ok(None);
         };
-        let Some(scoped) = crate::channels::scope_sql(sql, suffix)? else {
+        if !sql.utf8 {
+            // The rewrite works on UTF-8 text; bytes in another encoding would be mangled.
+            return Err(crate::channels::Refusal {
+                code: "0A000",
+                message: "rlsgate: LISTEN/NOTIFY/pg_notify statements whose text is not \
+                          UTF-8 are not supported with per-tenant channels (tenant.channels)"
+                    .into(),
+            });
+        }
+        let Some(scoped) = crate::channels::scope_sql(&sql.text, suffix)? else {
             return Ok(None);
         };
         protocol::with_sql(msg, &scoped)
@@ -350,7 +366,8 @@ impl Session<'_> {
         Metrics::inc(&self.state.metrics.guard_refusals);
         // Logged with the statement's fingerprint, never its text or values.
         let msg = &self.cbuf[start..end];
-        let fingerprint = crate::inspect::sql_of(msg[0], msg).and_then(crate::guard::fingerprint);
+        let fingerprint =
+            crate::inspect::sql_of(msg[0], msg).and_then(|s| crate::guard::fingerprint(&s.text));
         tracing::info!(
             sqlstate = code,
             reason = %message,
@@ -396,6 +413,27 @@ impl Session<'_> {
         }
         out
     }
+}
+
+/// False when a Parse, Bind, or statement Describe/Close names a statement with bytes
+/// that are not UTF-8 (malformed messages pass: PostgreSQL rejects them itself).
+fn statement_name_is_utf8(tag: u8, msg: &[u8]) -> bool {
+    let body = protocol::body(msg);
+    let name_at = match tag {
+        fe::PARSE => Some(0),
+        // After the portal name.
+        fe::BIND => body.iter().position(|&b| b == 0).map(|p| p + 1),
+        fe::DESCRIBE | fe::CLOSE if body.first() == Some(&b'S') => Some(1),
+        _ => None,
+    };
+    let Some(rest) = name_at.and_then(|at| body.get(at..)) else {
+        return true;
+    };
+    let name = rest
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(rest, |nul| &rest[..nul]);
+    std::str::from_utf8(name).is_ok()
 }
 
 fn parse_statement_name(msg: &[u8]) -> Option<&str> {

@@ -221,10 +221,11 @@ impl Session<'_> {
                         warn!(error = %e, "tenant context could not be applied; session closed");
                         fatal(&mut self.client, e).await
                     }
-                    // Tell the client why (pool exhausted, upstream gone) before closing.
-                    ClientError::Checkout(_) | ClientError::Upstream(_) => {
-                        fatal(&mut self.client, e).await
-                    }
+                    // Tell the client why (pool exhausted, upstream gone, a protocol
+                    // message rlsgate cannot carry) before closing.
+                    ClientError::Checkout(_)
+                    | ClientError::Upstream(_)
+                    | ClientError::Protocol(_) => fatal(&mut self.client, e).await,
                     e => Err(e),
                 }
             }
