@@ -15,6 +15,7 @@ mod demo;
 mod doctor;
 mod guard;
 mod idle;
+mod isolation;
 mod jwks;
 mod pin;
 mod policy;

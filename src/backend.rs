@@ -68,6 +68,10 @@ pub struct ServerConn {
     pub notices: Vec<BytesMut>,
     /// The context this server holds (set by the proxy), if known.
     pub context: Option<crate::tenant::ContextFingerprint>,
+    /// A client ran something on it whose effect on session state rlsgate cannot rule
+    /// out (see `inspect::Analysis::clean`): the next other session gets a
+    /// `tenant::SWITCH_RESET` first.
+    pub dirty: bool,
     /// Fields of the last ErrorResponse seen during startup.
     last_error_fields: ErrorFields,
 }
@@ -103,6 +107,7 @@ impl ServerConn {
             broken: false,
             last_error_fields: ErrorFields::default(),
             context: None,
+            dirty: false,
             notices: Vec::new(),
             statements: Default::default(),
         };

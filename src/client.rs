@@ -227,8 +227,10 @@ async fn bind_with_context(
         // session settings: reset them first (same round trip).
         let mut buf = BytesMut::new();
         let mut replies = 1;
-        if obj.context.is_some_and(|c| c.client != want.client) {
-            protocol::put_query(&mut buf, "RESET ALL");
+        if obj.context.is_some_and(|c| c.client != want.client) || obj.dirty {
+            protocol::put_query(&mut buf, crate::tenant::SWITCH_RESET);
+            obj.statements.clear();
+            obj.dirty = false;
             replies += 1;
         }
         ctx.encode(&mut buf);
@@ -438,10 +440,16 @@ impl Session<'_> {
         // Whatever unnamed statement this server holds is not the client's.
         self.unnamed_here = false;
         let want = self.ctx.fingerprint();
-        if obj.context != Some(want) {
-            if obj.context.map(|c| c.client) != Some(want.client) {
-                protocol::put_query(&mut self.to_server, "RESET ALL");
-                self.pipeline.proxy(false);
+        if obj.context != Some(want) || obj.dirty {
+            if obj.context.map(|c| c.client) != Some(want.client) || obj.dirty {
+                // Other settings, or the last session may have left state behind that
+                // rlsgate cannot see: nothing of it may remain.
+                if obj.context.is_some() || obj.dirty {
+                    protocol::put_query(&mut self.to_server, crate::tenant::SWITCH_RESET);
+                    obj.statements.clear();
+                    obj.dirty = false;
+                    self.pipeline.proxy(false);
+                }
                 if self.ctx.encode_client(&mut self.to_server) {
                     self.pipeline.proxy(false);
                 }

@@ -60,6 +60,12 @@ impl Default for GuardConfig {
 }
 
 /// The default deny list: the views that show other sessions' query text.
+/// Functions the guard refuses by name (see `policy::DENIED_FUNCTIONS`); the inspector
+/// parses every text that names one.
+pub fn denied_functions() -> &'static [&'static str] {
+    &policy::DENIED_FUNCTIONS
+}
+
 pub fn default_deny_relations() -> Vec<String> {
     [
         "pg_stat_activity",

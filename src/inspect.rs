@@ -14,6 +14,7 @@ use crate::config::PoolMode;
 use crate::guard::{self, Guard};
 use crate::protocol::{self, frontend as fe};
 
+mod clean;
 mod shape;
 
 /// Cached analyses kept before the cache is emptied (a crude but bounded policy).
@@ -58,6 +59,9 @@ pub struct Analysis {
     pub session_only: Option<&'static str>,
     /// The text may name a LISTEN/NOTIFY channel (see `crate::channels`).
     pub channels: bool,
+    /// Provably leaves no session state on its server ([`clean::is_clean`]); a server
+    /// that ran anything else is reset before another session gets it.
+    pub clean: bool,
 }
 
 /// Lower-case substrings without which a statement can neither touch a setting, a role
@@ -117,6 +121,7 @@ impl Inspector {
                 effects: Vec::new(),
                 session_only: None,
                 channels: false,
+                clean: true,
             }),
         }
     }
@@ -137,8 +142,10 @@ impl Inspector {
         if let Some(a) = self.cache.lock().expect("inspect cache poisoned").get(sql) {
             return a.clone();
         }
-        if !self.needs_parse(sql) {
-            // Not cached: statements with inlined literals would only churn the cache.
+        let full = self.needs_parse(sql);
+        if !full && !sql.contains('(') {
+            // No trigger word and no function call: nothing to check. Not cached:
+            // statements with inlined literals would only churn the cache.
             return self.plain.clone();
         }
         let shape = shape::shape(sql).filter(|s| s.len() <= CACHE_MAX_SQL);
@@ -148,18 +155,20 @@ impl Inspector {
                 return a.clone();
             }
         }
+        // Without a trigger word only cleanliness needs the parser (function calls).
         let analysis = Arc::new(Analysis {
-            guard: self
-                .guard
-                .as_ref()
-                .map_or(guard::Verdict::Allow, |g| g.check(sql)),
-            effects: effects(sql),
-            session_only: if self.mode == PoolMode::Transaction {
+            guard: match &self.guard {
+                Some(g) if full => g.check(sql),
+                _ => guard::Verdict::Allow,
+            },
+            effects: if full { effects(sql) } else { Vec::new() },
+            session_only: if full && self.mode == PoolMode::Transaction {
                 session_only(sql)
             } else {
                 None
             },
-            channels: mentions_channels(sql),
+            channels: full && mentions_channels(sql),
+            clean: self.mode != PoolMode::Transaction || clean::is_clean(sql),
         });
         if let (Some(key), true) = (shape, analysis.effects.is_empty()) {
             // Texts of one shape differ only in numbers: same statements, same verdict.

@@ -171,6 +171,7 @@ impl Pool {
             }
         }
         obj.context = None;
+        obj.dirty = false;
         obj.statements.clear();
         if let Err(e) = obj.simple_query(&self.cfg.reset_query).await {
             warn!(error = %e, "reset query failed; closing upstream connection");

@@ -18,7 +18,7 @@ use tracing::{debug, field, info, info_span, warn, Instrument};
 use crate::auth::JwtVerifier;
 use crate::backend::{self, Connector};
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, ConfigError, TlsMode};
+use crate::config::{Config, ConfigError, PoolMode, TlsMode};
 use crate::error::ClientError;
 use crate::guard::{Guard, GuardConfig};
 use crate::handshake::{self, Accepted, HandshakeConfig, Incoming};
@@ -95,10 +95,17 @@ impl State {
             metrics.clone(),
         );
         let owned = OwnedSettings::from_config(&config.tenant);
+        let mut deny_relations = config.guard.deny_relations.clone();
+        if config.pool.mode == PoolMode::Transaction {
+            // The pooled servers' prepared statements are shared between sessions (with
+            // their texts and literals); in session mode they are the client's own.
+            deny_relations
+                .extend(["pg_prepared_statements", "pg_prepared_statement"].map(str::to_owned));
+        }
         let guard = config.guard.enabled.then(|| {
             Guard::new(GuardConfig {
                 owned: owned.names().to_vec(),
-                deny_relations: config.guard.deny_relations.clone(),
+                deny_relations: deny_relations.clone(),
                 refuse_do_blocks: config.guard.refuse_do_blocks,
                 allow_set_role: config.guard.allow_set_role,
             })
@@ -108,7 +115,15 @@ impl State {
             inspector: Inspector::new(
                 guard,
                 config.pool.mode,
-                &[owned.names(), &config.guard.deny_relations[..]].concat(),
+                &[
+                    owned.names(),
+                    &deny_relations[..],
+                    &crate::guard::denied_functions()
+                        .iter()
+                        .map(|f| (*f).to_owned())
+                        .collect::<Vec<_>>()[..],
+                ]
+                .concat(),
             ),
             owned,
             pool,

@@ -83,6 +83,19 @@ pub struct SessionContext {
     pub replay: Vec<(String, String)>,
 }
 
+/// Sent (pipelined, replies consumed) when a server passes to a client session whose
+/// settings differ, or after a session that ran something not known to be free of
+/// session effects (`ServerConn::dirty`). A session can change state the proxy never sees:
+/// `set_config` of any setting (in a function, too), temporary objects created through
+/// `search_path = pg_temp` or the `pg_temp_N` schema name, a LISTEN, a lock or a held
+/// cursor taken by dynamic SQL. None of it may reach the next client.
+///
+/// `DISCARD ALL` as its own message measured cheapest: about as costly as `SELECT 1`
+/// (pgbench on PostgreSQL 15 here), where the same steps as one multi-statement
+/// Query (`RESET ALL; DISCARD TEMP; UNLISTEN *; ...`) cost several times that. It also
+/// deallocates prepared statements, so the server's statement cache is cleared with it.
+pub const SWITCH_RESET: &str = "DISCARD ALL";
+
 impl SessionContext {
     /// Builds the context for `identity`, with the client's startup parameters.
     pub fn build(

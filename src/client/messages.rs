@@ -104,6 +104,9 @@ impl Session<'_> {
             }
             fe::BIND => {
                 self.extended_open = true;
+                if txn {
+                    self.check_bound_statement(start, end);
+                }
                 let replacement = if txn {
                     self.rewrite_bind(start, end)
                         .or_else(|| self.unnamed_for_bind(start, end))
@@ -133,6 +136,7 @@ impl Session<'_> {
             }
             fe::FUNCTION_CALL => {
                 self.pipeline.client(Reply::UntilReady);
+                self.mark_dirty();
                 let oid = function_oid(&self.cbuf[start..end]);
                 if oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o)) {
                     return Ok(None);
@@ -152,6 +156,34 @@ impl Session<'_> {
                 )))
             }
             _ => Ok(None), // Flush: no reply
+        }
+    }
+
+    /// The bound server may now hold session state rlsgate cannot see.
+    fn mark_dirty(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.dirty = true;
+        }
+    }
+
+    /// A Bind runs a statement parsed maybe in an earlier transaction, on another
+    /// server: that server is dirty when the statement is not clean.
+    fn check_bound_statement(&mut self, start: usize, end: usize) {
+        let Some((_, name)) = prepared::bind_statement(&self.cbuf[start..end]) else {
+            return;
+        };
+        let parse: &[u8] = match (name.is_empty(), &self.unnamed) {
+            (true, Some(unnamed)) => unnamed,
+            (true, None) => return,
+            (false, _) => match self.statements.get(name) {
+                Some(stmt) => &stmt.parse,
+                None => return,
+            },
+        };
+        // A cache hit: the text was analysed when it was parsed.
+        let (_, analysis) = self.state.inspector.inspect_message(fe::PARSE, parse);
+        if analysis.is_some_and(|a| !a.clean) {
+            self.mark_dirty();
         }
     }
 
@@ -247,6 +279,9 @@ impl Session<'_> {
             .inspect_message(tag, &self.cbuf[start..end]);
         if let Verdict::Refuse { code, message } = verdict {
             return Checked::Replace(self.refusal_message(tag, start, end, code, message));
+        }
+        if analysis.as_ref().is_some_and(|a| !a.clean) {
+            self.mark_dirty();
         }
         let rewritten = match self.scope_channels(tag, start, end, analysis.as_deref()) {
             Ok(rewritten) => rewritten,

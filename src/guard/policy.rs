@@ -9,7 +9,19 @@ use super::GuardConfig;
 pub(super) const ROLE_SETTINGS: [&str; 2] = ["role", "session_authorization"];
 
 /// Functions that return other sessions' query text whatever the deny list says.
-const DENIED_FUNCTIONS: [&str; 2] = ["pg_stat_get_activity", "pg_stat_get_backend_activity"];
+/// Functions no client may call: other sessions' query text, the list of backends of
+/// the shared upstream role (so another tenant's backend pid), cancelling or ending
+/// another backend (every backend runs as the same role, so PostgreSQL allows it).
+/// (Transaction mode also denies `pg_prepared_statement(s)`, see `server::State::new`.)
+pub(crate) const DENIED_FUNCTIONS: [&str; 7] = [
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_get_backend_idset",
+    "pg_stat_get_backend_pid",
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    "pg_stat_get_backend_activity_start",
+];
 
 /// Client-only encodings whose multi-byte characters may end in an ASCII byte such as `\`
 /// or `'`: with one of them as `client_encoding` the server would split a statement
