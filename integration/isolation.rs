@@ -47,6 +47,14 @@ async fn temp_objects_never_reach_the_next_session() {
     a.batch_execute("SET search_path = pg_temp, public")
         .await
         .unwrap();
+    // A lone statement without a function call or a trigger word still dirties.
+    a.batch_execute("CREATE VIEW customers AS SELECT * FROM public.customers WHERE false")
+        .await
+        .unwrap();
+    assert_eq!(visible_customers(&b).await, globex_before);
+    a.batch_execute("DROP VIEW IF EXISTS pg_temp.customers")
+        .await
+        .unwrap();
     a.batch_execute(
         "CREATE TABLE loot (tenant_id text, name text); \
          CREATE FUNCTION steal(t text, n text) RETURNS bool LANGUAGE sql \

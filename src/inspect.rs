@@ -143,9 +143,9 @@ impl Inspector {
             return a.clone();
         }
         let full = self.needs_parse(sql);
-        if !full && !sql.contains('(') {
-            // No trigger word and no function call: nothing to check. Not cached:
-            // statements with inlined literals would only churn the cache.
+        if !full && clean::plain_dml(sql) {
+            // No trigger word, one DML statement, no function call: nothing to check.
+            // Not cached: statements with inlined literals would only churn the cache.
             return self.plain.clone();
         }
         let shape = shape::shape(sql).filter(|s| s.len() <= CACHE_MAX_SQL);
