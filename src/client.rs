@@ -228,8 +228,7 @@ async fn bind_with_context(
         let mut buf = BytesMut::new();
         let mut replies = 1;
         if obj.context.is_some_and(|c| c.client != want.client) || obj.dirty {
-            protocol::put_query(&mut buf, crate::tenant::SWITCH_RESET);
-            obj.statements.clear();
+            protocol::put_query(&mut buf, reset_for(&obj));
             obj.dirty = false;
             replies += 1;
         }
@@ -254,6 +253,16 @@ async fn bind_with_context(
         }
     }
     Err(last.map(ClientError::from).unwrap_or(ClientError::Closed))
+}
+
+/// The reset a server needs before another session: everything a session can leave
+/// behind when its last session was dirty, else only the settings.
+fn reset_for(server: &crate::backend::ServerConn) -> &'static str {
+    if server.dirty {
+        crate::tenant::SWITCH_RESET
+    } else {
+        crate::tenant::SETTINGS_RESET
+    }
 }
 
 impl Session<'_> {
@@ -445,10 +454,10 @@ impl Session<'_> {
                 // Other settings, or the last session may have left state behind that
                 // rlsgate cannot see: nothing of it may remain.
                 if obj.context.is_some() || obj.dirty {
-                    protocol::put_query(&mut self.to_server, crate::tenant::SWITCH_RESET);
-                    obj.statements.clear();
+                    protocol::put_query(&mut self.to_server, reset_for(&obj));
+                    // A failed reset leaves the other session's state: fail closed.
+                    self.pipeline.proxy(obj.dirty);
                     obj.dirty = false;
-                    self.pipeline.proxy(false);
                 }
                 if self.ctx.encode_client(&mut self.to_server) {
                     self.pipeline.proxy(false);

@@ -83,18 +83,26 @@ pub struct SessionContext {
     pub replay: Vec<(String, String)>,
 }
 
-/// Sent (pipelined, replies consumed) when a server passes to a client session whose
-/// settings differ, or after a session that ran something not known to be free of
-/// session effects (`ServerConn::dirty`). A session can change state the proxy never sees:
-/// `set_config` of any setting (in a function, too), temporary objects created through
-/// `search_path = pg_temp` or the `pg_temp_N` schema name, a LISTEN, a lock or a held
-/// cursor taken by dynamic SQL. None of it may reach the next client.
+/// Sent (pipelined, replies consumed, failure closes the session) before a session runs
+/// on a server whose last session may have left state behind (`ServerConn::dirty`). A
+/// session can change state the proxy never sees: `set_config` of any setting (in a
+/// function, too), temporary objects created through `search_path = pg_temp` or the
+/// `pg_temp_N` schema name, a LISTEN, a lock or a held cursor taken by dynamic SQL. None
+/// of it may reach the next client.
 ///
-/// `DISCARD ALL` as its own message measured cheapest: about as costly as `SELECT 1`
-/// (pgbench on PostgreSQL 15 here), where the same steps as one multi-statement
-/// Query (`RESET ALL; DISCARD TEMP; UNLISTEN *; ...`) cost several times that. It also
-/// deallocates prepared statements, so the server's statement cache is cleared with it.
-pub const SWITCH_RESET: &str = "DISCARD ALL";
+/// Everything `DISCARD ALL` clears except prepared statements and plans: the server
+/// keeps rlsgate's renamed statements, so after DDL a client re-executing one gets
+/// PostgreSQL's own "cached plan must not change result type" (which drivers handle by
+/// preparing again) instead of a silently re-prepared statement whose rows no longer
+/// match the description the client holds. `SET SESSION AUTHORIZATION` needs no reset:
+/// rlsgate refuses a superuser upstream role, and nobody else can change it.
+/// (Measured on PostgreSQL 15 here: ~70 µs of server time, paid only after a dirty
+/// session; `DISCARD ALL` alone costs ~12 µs but drops the statements.)
+pub const SWITCH_RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
+    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// Sent before a session runs on a clean server holding other client settings.
+pub const SETTINGS_RESET: &str = "RESET ALL";
 
 impl SessionContext {
     /// Builds the context for `identity`, with the client's startup parameters.

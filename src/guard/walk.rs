@@ -225,10 +225,15 @@ impl<'p> Walker<'p> {
     fn func_call(&mut self, map: &Map<String, Value>) -> Result<(), Finding> {
         let name = last_name(map.get("funcname"));
         if self.policy.is_denied_function(&name) {
-            return Err(self.refuse(
-                Rule::DeniedRelation,
-                format!("reading {name} is not allowed"),
-            ));
+            let what = if super::denied_functions().contains(&name.to_lowercase().as_str()) {
+                format!(
+                    "calling {name} is not allowed: every backend belongs to the shared \
+                     upstream role, so it would reach other tenants' sessions"
+                )
+            } else {
+                format!("reading {name} is not allowed")
+            };
+            return Err(self.refuse(Rule::DeniedRelation, what));
         }
         if name != "set_config" {
             return Ok(());

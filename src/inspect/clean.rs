@@ -1,6 +1,6 @@
 //! Whether a statement text provably leaves no session state behind on its server: the
 //! test that lets transaction pooling hand a server to the next session without a
-//! `DISCARD ALL` (`tenant::SWITCH_RESET`).
+//! full reset (`tenant::SWITCH_RESET`).
 //!
 //! Clean means: every statement is a SELECT, INSERT, UPDATE, DELETE, MERGE, COPY, SHOW,
 //! transaction control or EXPLAIN of those, without `SELECT ... INTO`, and every function
