@@ -158,16 +158,31 @@ async fn settings_listens_and_locks_never_reach_the_next_session() {
     );
 }
 
-/// Functions that reach the other backends of the shared upstream role are refused:
-/// listing them, cancelling or ending another tenant's query, reading the pooled
-/// server's prepared statements (other sessions' statement texts).
+/// Functions that reach the other backends of the shared upstream role are refused or
+/// scoped: listing them is refused, cancelling or ending reaches only the server of the
+/// same transaction, the pooled server's prepared statements (other sessions' statement
+/// texts) cannot be read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_that_reach_other_backends_are_refused() {
     let env = Env::with(|c| c.pool.mode = PoolMode::Transaction).await;
     let a = env.connect("acme").await;
+    // Cancel/terminate reach only the server of this very transaction.
+    let r = a
+        .query_one(
+            "SELECT pg_cancel_backend(1), pg_terminate_backend(1, 10)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, Option<bool>>(0), None);
+    assert_eq!(r.get::<_, Option<bool>>(1), None);
+    // Its own server's pid passes: the statement cancels itself.
+    let err = a
+        .simple_query("SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5)")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "57014");
     for sql in [
-        "SELECT pg_cancel_backend(1)",
-        "SELECT pg_terminate_backend(1, 10)",
         "SELECT s FROM pg_stat_get_backend_idset() s",
         "SELECT pg_stat_get_backend_pid(1)",
         "SELECT statement FROM pg_prepared_statements",
@@ -177,4 +192,50 @@ async fn functions_that_reach_other_backends_are_refused() {
         let err = a.simple_query(sql).await.unwrap_err();
         assert_eq!(db_error(&err).0, "42501", "{sql}");
     }
+}
+
+/// Session mode: a client's backend pid is real, and a tenant may cancel or end its own
+/// sessions (drivers and tests do); another tenant's pid is turned into NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_cancel_and_terminate_reach_only_the_own_tenant() {
+    let env = Env::start().await;
+    let victim = env.connect("acme").await;
+    let victim_pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let other = env.connect("globex").await;
+    for sql in [
+        "SELECT pg_cancel_backend($1)",
+        "SELECT pg_terminate_backend($1)",
+    ] {
+        let r = other.query_one(sql, &[&victim_pid]).await.unwrap();
+        assert_eq!(
+            r.get::<_, Option<bool>>(0),
+            None,
+            "{sql}: not this tenant's backend"
+        );
+    }
+    let one: i32 = victim.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the other tenant's session is untouched");
+
+    // The same tenant's other session may end it.
+    let same = env.connect("acme").await;
+    let ended: Option<bool> = same
+        .query_one(&format!("SELECT pg_terminate_backend({victim_pid})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, Some(true));
+    crate::harness::wait_for("the victim's session ended", || async {
+        victim.query_one("SELECT 1", &[]).await.is_err()
+    })
+    .await;
+    // Nested calls cannot be scoped: refused.
+    let err = same
+        .simple_query("DO $$ BEGIN PERFORM pg_cancel_backend(1); END $$")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
 }

@@ -22,6 +22,8 @@ pub struct CancelRegistry {
     map: Mutex<HashMap<Key, Entry>>,
     /// Server pid → pid its last client was given (transaction mode: NOTIFY pids).
     binders: Mutex<HashMap<i32, i32>>,
+    /// Session mode: backend pid → tenant of the session holding it (`backend_calls`).
+    tenants: Mutex<HashMap<i32, String>>,
 }
 
 /// Entries kept in `binders` before it is emptied (servers come and go over days).
@@ -90,6 +92,32 @@ impl CancelRegistry {
             .expect("cancel registry poisoned")
             .get(&server_pid)
             .copied()
+    }
+
+    /// Session mode: `pid` (a real backend pid) serves a session of `tenant`.
+    pub fn register_tenant(&self, pid: i32, tenant: &str) {
+        let mut tenants = self.tenants.lock().expect("cancel registry poisoned");
+        tenants.insert(pid, tenant.to_owned());
+    }
+
+    /// The session on `pid` ended.
+    pub fn forget_tenant(&self, pid: i32) {
+        self.tenants
+            .lock()
+            .expect("cancel registry poisoned")
+            .remove(&pid);
+    }
+
+    /// Backends of `tenant`'s open session-mode sessions.
+    pub fn tenant_pids(&self, tenant: &str) -> Vec<i32> {
+        let tenants = self.tenants.lock().expect("cancel registry poisoned");
+        let mut pids: Vec<i32> = tenants
+            .iter()
+            .filter(|(_, t)| t.as_str() == tenant)
+            .map(|(pid, _)| *pid)
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Forgets a key (the session ended or left the backend).

@@ -61,10 +61,10 @@ fn refuse(code: &'static str, message: String) -> Refusal {
 }
 
 /// One change to the SQL text: replace `start..end` with `text`.
-struct Edit {
-    start: usize,
-    end: usize,
-    text: String,
+pub(crate) struct Edit {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) text: String,
 }
 
 /// `sql` with every channel it names moved into the namespace of `suffix`, or `None`
@@ -266,47 +266,58 @@ fn call_edits(
     location: usize,
     suffix: &str,
 ) -> Result<[Edit; 2], Refusal> {
+    match first_argument(tokens, location) {
+        Some((start, end, true)) => Ok([
+            Edit {
+                start,
+                end: start,
+                text: "(".into(),
+            },
+            Edit {
+                start: end,
+                end,
+                text: format!(")||'{suffix}'"),
+            },
+        ]),
+        _ => Err(refuse(
+            "0A000",
+            "rlsgate: pg_notify needs its channel and payload as two separate arguments with \
+             per-tenant channels (tenant.channels)"
+                .into(),
+        )),
+    }
+}
+
+/// The byte range of the first argument of the call whose name starts at `location`,
+/// and whether a comma (another argument) follows it; `None` without arguments.
+pub(crate) fn first_argument(
+    tokens: &[protobuf::ScanToken],
+    location: usize,
+) -> Option<(usize, usize, bool)> {
     let mut it = tokens_from(tokens, location).skip_while(|t| t.token != Token::Ascii40 as i32);
-    let open = it
-        .next()
-        .ok_or_else(|| unverifiable("pg_notify without arguments"))?;
+    let open = it.next()?;
+    let start = open.end as usize;
     let mut depth = 0usize;
     for t in it {
         match t.token {
             x if x == Token::Ascii40 as i32 || x == Token::Ascii91 as i32 => depth += 1,
             x if x == Token::Ascii41 as i32 || x == Token::Ascii93 as i32 => {
                 if depth == 0 {
-                    break;
+                    let end = t.start as usize;
+                    return (end > start).then_some((start, end, false));
                 }
                 depth -= 1;
             }
             x if x == Token::Ascii44 as i32 && depth == 0 => {
-                let open_end = open.end as usize;
-                return Ok([
-                    Edit {
-                        start: open_end,
-                        end: open_end,
-                        text: "(".into(),
-                    },
-                    Edit {
-                        start: t.start as usize,
-                        end: t.start as usize,
-                        text: format!(")||'{suffix}'"),
-                    },
-                ]);
+                return Some((start, t.start as usize, true));
             }
             _ => {}
         }
     }
-    Err(refuse(
-        "0A000",
-        "rlsgate: pg_notify needs its channel and payload as two separate arguments with \
-         per-tenant channels (tenant.channels)"
-            .into(),
-    ))
+    None
 }
 
-fn apply(sql: &str, mut edits: Vec<Edit>) -> String {
+pub(crate) fn apply(sql: &str, mut edits: Vec<Edit>) -> String {
     edits.sort_by_key(|e| (e.start, e.end));
     let mut out = String::with_capacity(sql.len() + edits.len() * 24);
     let mut at = 0;

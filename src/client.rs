@@ -100,6 +100,8 @@ struct Session<'s> {
     pinned: Option<Pinned<'s>>,
     /// This tenant's notification channel suffix (`tenant.channels = "tenant"`).
     channel_suffix: Option<String>,
+    /// The tenant (session mode: scopes `pg_cancel_backend`/`pg_terminate_backend`).
+    tenant: String,
 }
 
 /// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
@@ -159,6 +161,11 @@ pub async fn run_session(
     };
     let (secret, cancel_gate) = state.cancel.issue_with_gate(pid, Some(target));
     let _key = KeyGuard { state, pid, secret };
+    if mode == PoolMode::Session {
+        state
+            .cancel
+            .register_tenant(pid, client.identity.tenant.as_ref());
+    }
 
     let mut out = BytesMut::with_capacity(512);
     protocol::put_auth_ok(&mut out);
@@ -207,6 +214,7 @@ pub async fn run_session(
         pinned: None,
         channel_suffix: (state.config.tenant.channels == ChannelScope::Tenant)
             .then(|| crate::channels::suffix(client.identity.tenant.as_ref())),
+        tenant: client.identity.tenant.as_ref().to_owned(),
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -574,5 +582,6 @@ struct KeyGuard<'a> {
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         self.state.cancel.remove(self.pid, self.secret);
+        self.state.cancel.forget_tenant(self.pid);
     }
 }

@@ -46,6 +46,10 @@ pub struct GuardConfig {
     pub refuse_do_blocks: bool,
     /// Let clients use `SET ROLE` / `SET SESSION AUTHORIZATION` (a role mapping allows it).
     pub allow_set_role: bool,
+    /// Top-level `pg_cancel_backend`/`pg_terminate_backend` calls are let through,
+    /// because the proxy scopes their pid to the tenant's own backends (`backend_calls`);
+    /// everywhere else (DO, function bodies, dynamic SQL) they are refused.
+    pub scoped_backend_calls: bool,
 }
 
 impl Default for GuardConfig {
@@ -55,6 +59,7 @@ impl Default for GuardConfig {
             deny_relations: default_deny_relations(),
             refuse_do_blocks: false,
             allow_set_role: false,
+            scoped_backend_calls: false,
         }
     }
 }

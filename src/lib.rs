@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod backend_calls;
 pub mod cancel;
 pub mod channels;
 pub mod cli;

@@ -108,6 +108,7 @@ impl State {
                 deny_relations: deny_relations.clone(),
                 refuse_do_blocks: config.guard.refuse_do_blocks,
                 allow_set_role: config.guard.allow_set_role,
+                scoped_backend_calls: true,
             })
         });
         Ok(State {

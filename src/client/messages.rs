@@ -289,6 +289,12 @@ impl Session<'_> {
                 return Checked::Replace(self.refusal_message(tag, start, end, r.code, r.message))
             }
         };
+        let rewritten = match self.scope_backend_calls(tag, start, end, rewritten) {
+            Ok(rewritten) => rewritten,
+            Err(r) => {
+                return Checked::Replace(self.refusal_message(tag, start, end, r.code, r.message))
+            }
+        };
         if let Some(feature) = analysis.as_ref().and_then(|a| a.session_only) {
             if let Err(message) = self.pin(feature) {
                 return Checked::Replace(self.refusal_message(tag, start, end, "0A000", message));
@@ -315,6 +321,49 @@ impl Session<'_> {
             }
         }
         checked
+    }
+
+    /// `pg_cancel_backend`/`pg_terminate_backend` calls with their pid scoped to this
+    /// tenant's backends (`backend_calls`), applied to `rewritten` when an earlier
+    /// rewrite made one, else to the client's message.
+    fn scope_backend_calls(
+        &self,
+        tag: u8,
+        start: usize,
+        end: usize,
+        rewritten: Option<BytesMut>,
+    ) -> Result<Option<BytesMut>, crate::channels::Refusal> {
+        let msg: &[u8] = rewritten.as_deref().unwrap_or(&self.cbuf[start..end]);
+        let Some(sql) = crate::inspect::sql_of(tag, msg) else {
+            return Ok(rewritten);
+        };
+        if !crate::backend_calls::mentioned(&sql.text) {
+            return Ok(rewritten);
+        }
+        // Session mode: the tenant's sessions. Transaction mode: the server bound for
+        // this transaction only (`pg_terminate_backend(pg_backend_pid())`); a pid seen
+        // in an earlier transaction may belong to another tenant's session by now.
+        let pids = match self.mode {
+            PoolMode::Session => self.state.cancel.tenant_pids(&self.tenant),
+            PoolMode::Transaction => self.server.iter().map(|s| s.pid()).collect(),
+        };
+        let Some(scoped) = crate::backend_calls::scope_sql(&sql.text, &pids)? else {
+            return Ok(rewritten);
+        };
+        if !sql.utf8 {
+            return Err(crate::channels::Refusal {
+                code: "0A000",
+                message: "rlsgate: pg_cancel_backend/pg_terminate_backend in text that is not \
+                          UTF-8 cannot be scoped to this tenant"
+                    .into(),
+            });
+        }
+        protocol::with_sql(msg, &scoped)
+            .map(Some)
+            .ok_or(crate::channels::Refusal {
+                code: "08P01",
+                message: "rlsgate: malformed message".into(),
+            })
     }
 
     /// The Query/Parse with its LISTEN/NOTIFY channels moved into this tenant's

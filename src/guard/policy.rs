@@ -60,6 +60,8 @@ pub(super) struct Policy {
     deny_relations: HashSet<String>,
     pub(super) refuse_do_blocks: bool,
     pub(super) allow_set_role: bool,
+    /// See `GuardConfig::scoped_backend_calls`.
+    pub(super) scoped_backend_calls: bool,
     /// Owned names without blanks, for the text heuristics.
     owned_words: Vec<String>,
     /// Denied relations and functions, for the text heuristics.
@@ -85,6 +87,7 @@ impl Policy {
             deny_relations,
             refuse_do_blocks: cfg.refuse_do_blocks,
             allow_set_role: cfg.allow_set_role,
+            scoped_backend_calls: cfg.scoped_backend_calls,
             owned_words,
             denied_words,
         }

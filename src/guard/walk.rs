@@ -224,6 +224,14 @@ impl<'p> Walker<'p> {
 
     fn func_call(&mut self, map: &Map<String, Value>) -> Result<(), Finding> {
         let name = last_name(map.get("funcname"));
+        let lower = name.to_lowercase();
+        if crate::backend_calls::FUNCTIONS.contains(&lower.as_str())
+            && self.policy.scoped_backend_calls
+            && self.depth == 0
+            && self.scope == Scope::Session
+        {
+            return Ok(()); // the proxy scopes the pid argument (backend_calls)
+        }
         if self.policy.is_denied_function(&name) {
             let what = if super::denied_functions().contains(&name.to_lowercase().as_str()) {
                 format!(
