@@ -372,3 +372,17 @@ pub fn summarize(msgs: &[RawMessage]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The rows of a simple-query reply as text (NULL as "NULL").
+pub fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}

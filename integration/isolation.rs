@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use rlsgate::config::PoolMode;
-use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{db_error, visible_customers, Env};
+use crate::harness::{db_error, rows, visible_customers, Env};
 
 /// Transaction mode with one server, so every session uses the same backend.
 async fn one_server() -> Env {
@@ -20,19 +19,6 @@ async fn one_server() -> Env {
         c.pool.acquire_timeout = Duration::from_secs(30);
     })
     .await
-}
-
-fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A view named like the victim's table, created in the temp schema without the word

@@ -9,9 +9,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rlsgate::config::PoolMode;
 use rlsgate::metrics::Metrics;
-use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{visible_customers, wait_for, Env};
+use crate::harness::{rows, visible_customers, wait_for, Env};
 
 async fn txn_env(size: usize) -> Env {
     Env::with(|c| {
@@ -21,19 +20,6 @@ async fn txn_env(size: usize) -> Env {
         c.pool.acquire_timeout = Duration::from_secs(30);
     })
     .await
-}
-
-fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
