@@ -32,6 +32,8 @@ pub enum BackendError {
     Auth(String),
     #[error("upstream connect timed out")]
     Timeout,
+    #[error("upstream role {role} is {why}: row-level security does not apply to it, so rlsgate will not hand its connections to clients (fix the role, or start with --allow-unsafe-upstream)")]
+    UnsafeRole { role: String, why: &'static str },
 }
 
 impl BackendError {
@@ -351,6 +353,32 @@ impl ServerConn {
             None => true,
             Some(Ok(_)) | Some(Err(_)) => false,
         }
+    }
+
+    /// Why row-level security would not apply to this connection's role, if it would
+    /// not: the startup's `is_superuser` report, else `rolsuper`/`rolbypassrls` of the
+    /// current user (one round trip). Run on every new connection, so a role that became
+    /// unsafe after rlsgate started (or could not be checked at start) is never used.
+    pub async fn rls_exemption(&mut self) -> Result<Option<&'static str>, BackendError> {
+        if self
+            .params
+            .iter()
+            .any(|(n, v)| n == "is_superuser" && v == "on")
+        {
+            return Ok(Some("a superuser"));
+        }
+        let row = self
+            .query_row(
+                "SELECT rolsuper::text, rolbypassrls::text FROM pg_catalog.pg_roles \
+                 WHERE rolname OPERATOR(pg_catalog.=) current_user",
+            )
+            .await?;
+        Ok(match (row.first(), row.get(1)) {
+            (Some(Some(s)), _) if s == "true" => Some("a superuser"),
+            (_, Some(Some(b))) if b == "true" => Some("BYPASSRLS"),
+            (Some(Some(_)), Some(Some(_))) => None,
+            _ => Some("not found in pg_roles"),
+        })
     }
 
     /// Sends Terminate and closes (best effort).

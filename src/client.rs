@@ -102,6 +102,8 @@ struct Session<'s> {
     channel_suffix: Option<String>,
     /// The tenant (session mode: scopes `pg_cancel_backend`/`pg_terminate_backend`).
     tenant: String,
+    /// When the token stops vouching for the session (`exp` + leeway + session grace).
+    expires: std::time::SystemTime,
 }
 
 /// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
@@ -198,7 +200,7 @@ pub async fn run_session(
         server,
         to_server: BytesMut::with_capacity(READ_CHUNK),
         pipeline: Pipeline::default(),
-        statements: ClientStatements::default(),
+        statements: ClientStatements::new(state.statement_names.clone()),
         proxy_error: None,
         extended_open: false,
         tx: TxStatus::Idle,
@@ -215,6 +217,7 @@ pub async fn run_session(
         channel_suffix: (state.config.tenant.channels == ChannelScope::Tenant)
             .then(|| crate::channels::suffix(client.identity.tenant.as_ref())),
         tenant: client.identity.tenant.as_ref().to_owned(),
+        expires: session_deadline(&state.config.auth.jwt, client.identity.exp),
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -391,6 +394,10 @@ impl Session<'_> {
     /// queues everything for the server. Returns true on Terminate. Positions are
     /// relative to the start of `cbuf`, which `queue` advances.
     async fn on_client_data(&mut self) -> Result<bool, ClientError> {
+        if std::time::SystemTime::now() > self.expires && self.cbuf.len() >= protocol::HEADER_LEN {
+            // Nothing the client sends after its token's expiry reaches a server.
+            return Err(ClientError::Auth(crate::auth::AuthError::Expired));
+        }
         let mut pos = 0;
         loop {
             let (tag, start, end) = match self.up.step(&self.cbuf, pos, wanted_up).map_err(proto)? {
@@ -413,7 +420,9 @@ impl Session<'_> {
                 // the context goes first, then the client's bytes.
                 self.bind().await?;
             }
-            pos = match self.on_client_message(tag, start, end)? {
+            let replacement = self.on_client_message(tag, start, end)?;
+            self.check_sync()?;
+            pos = match replacement {
                 Some(replacement) => {
                     self.queue(start);
                     self.cbuf.advance(end - start);
@@ -441,6 +450,14 @@ impl Session<'_> {
         Ok(false)
     }
 
+    /// Ends the session (the server is closed, not pooled) once the replies the server
+    /// owes can no longer be followed one by one.
+    fn check_sync(&self) -> Result<(), ClientError> {
+        self.pipeline
+            .desync()
+            .map_or(Ok(()), |why| Err(desync_error(why)))
+    }
+
     /// Moves `cbuf[..n]` to the server queue (one copy into a reused buffer).
     fn queue(&mut self, n: usize) {
         if n > 0 {
@@ -464,14 +481,14 @@ impl Session<'_> {
                 if obj.context.is_some() || obj.dirty {
                     protocol::put_query(&mut self.to_server, reset_for(&obj));
                     // A failed reset leaves the other session's state: fail closed.
-                    self.pipeline.proxy(obj.dirty);
+                    self.pipeline.proxy_query(true);
                     obj.dirty = false;
                 }
                 if self.ctx.encode_client(&mut self.to_server) {
                     self.pipeline.proxy(false);
                 }
                 for _ in 0..self.ctx.encode_replay(&mut self.to_server) {
-                    self.pipeline.proxy(false);
+                    self.pipeline.proxy_query(false);
                 }
             }
             self.ctx.encode_tenant(&mut self.to_server);
@@ -530,6 +547,23 @@ impl Session<'_> {
             && self.to_server.is_empty()
             && self.server.as_ref().is_none_or(|s| s.rbuf.is_empty())
     }
+}
+
+/// The end of a session's validity: the token's `exp`, plus `auth.jwt.leeway` (as at
+/// login) and `auth.jwt.session_grace`.
+fn session_deadline(jwt: &crate::config::JwtConfig, exp: u64) -> std::time::SystemTime {
+    let after = Duration::from_secs(exp).saturating_add(jwt.leeway + jwt.session_grace);
+    // An `exp` beyond what the clock can represent never expires in practice.
+    std::time::UNIX_EPOCH
+        .checked_add(after)
+        .unwrap_or_else(|| std::time::UNIX_EPOCH + Duration::from_secs(i32::MAX as u64 * 16))
+}
+
+/// The error that ends a session whose replies can no longer be followed.
+fn desync_error(why: &str) -> ClientError {
+    ClientError::Protocol(format!(
+        "rlsgate cannot follow this message sequence ({why}); the connection is closed"
+    ))
 }
 
 fn proto(e: protocol::FrameError) -> ClientError {

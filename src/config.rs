@@ -252,6 +252,10 @@ pub struct JwtConfig {
     /// Clock skew allowed for `exp`/`nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// How long an open session may outlive its token's `exp` (after `leeway`): the
+    /// first message after that ends the session with FATAL 28P01 "token expired".
+    #[serde(with = "humantime_serde")]
+    pub session_grace: Duration,
     /// Claim name or JSON pointer (`/app_metadata/tenant_id`) holding the tenant.
     pub tenant_claim: String,
     /// Optional claim name or JSON pointer holding the role.
@@ -276,6 +280,7 @@ impl Default for JwtConfig {
             issuer: None,
             audience: Vec::new(),
             leeway: Duration::from_secs(30),
+            session_grace: Duration::ZERO,
             tenant_claim: "tenant_id".into(),
             role_claim: None,
             match_user: false,

@@ -57,8 +57,10 @@ enum Expect {
     /// A client message: replies are forwarded. Parse entries of named statements say
     /// which statement, so a failed Parse can be forgotten.
     Client(Reply, Option<Parsed>),
-    /// A proxy message answered up to ReadyForQuery: replies are consumed.
-    Proxy { critical: bool },
+    /// A proxy message answered up to ReadyForQuery: replies are consumed. `simple`: a
+    /// simple Query (skipped whole by a server that skips to the next Sync), else an
+    /// extended sequence ending in its own Sync.
+    Proxy { critical: bool, simple: bool },
     /// A proxy message answered by one message (ParseComplete/CloseComplete): consumed.
     SwallowOne(Reply, Option<Parsed>),
     /// A reply the proxy produces itself, in order (the server never sees the message).
@@ -94,11 +96,49 @@ pub struct Pipeline {
     /// A COPY failed after Syncs were taken as ignored: the server may have answered
     /// some of them after leaving copy mode, so its replies cannot be trusted to match.
     in_doubt: bool,
+    /// After an error in an extended-protocol message the server ignores every message
+    /// but Sync (PostgreSQL's `ignore_till_sync`, simple Queries included): messages sent
+    /// while it does get no reply, whenever the client sent them.
+    skipping: bool,
+    /// The client sent something the proxy cannot follow reply by reply (messages other
+    /// than COPY data into a running COPY FROM STDIN, which the server takes as the
+    /// copy's error and consumes): the session must end and the server be closed.
+    desync: Option<&'static str>,
 }
 
 impl Pipeline {
+    /// True when the server owes nothing and is not skipping to a Sync.
     pub fn is_empty(&self) -> bool {
-        self.q.iter().all(|e| matches!(e, Expect::CopyEnd))
+        !self.skipping && self.q.iter().all(|e| matches!(e, Expect::CopyEnd))
+    }
+
+    /// Why the replies can no longer be followed, if they cannot (see `desync`).
+    pub fn desync(&self) -> Option<&'static str> {
+        self.desync
+    }
+
+    /// Messages read by the server in copy-in mode other than CopyData, CopyDone,
+    /// CopyFail, Flush and Sync end the copy with an error and are consumed.
+    fn into_copy(&mut self) {
+        self.desync =
+            Some("messages other than COPY data were sent while a COPY FROM STDIN was running");
+    }
+
+    /// Queues `e` unless the server skips it (after an error, until the next Sync).
+    /// Returns false when it was skipped.
+    fn push(&mut self, e: Expect) -> bool {
+        if self.copy_in {
+            self.into_copy();
+        }
+        if self.skipping {
+            if let Expect::Client(_, Some(parsed)) | Expect::SwallowOne(_, Some(parsed)) = e {
+                // As directly: a skipped Parse creates nothing.
+                self.failed_parses.push(parsed);
+            }
+            return false;
+        }
+        self.q.push_back(e);
+        true
     }
 
     /// The client's Sync. PostgreSQL ignores a Sync it reads in copy-in mode (drivers
@@ -108,6 +148,8 @@ impl Pipeline {
         if self.copy_in {
             self.copy_dropped = true;
         } else {
+            // A Sync ends the skipping and is answered.
+            self.skipping = false;
             self.q.push_back(Expect::Client(Reply::Sync, None));
         }
     }
@@ -152,7 +194,11 @@ impl Pipeline {
                     self.copy_in = false;
                     return;
                 }
-                _ => i += 1,
+                // Sent before the CopyInResponse arrived, read by the server as copy data.
+                _ => {
+                    self.into_copy();
+                    i += 1;
+                }
             }
         }
     }
@@ -165,7 +211,7 @@ impl Pipeline {
     }
 
     pub fn client(&mut self, reply: Reply) {
-        self.q.push_back(Expect::Client(reply, None));
+        self.push(Expect::Client(reply, None));
     }
 
     /// The client's Parse of its named statement `stmt`.
@@ -174,16 +220,38 @@ impl Pipeline {
             server: stmt.server_name.clone(),
             client: Some(stmt),
         };
-        self.q.push_back(Expect::Client(Reply::Parse, Some(parsed)));
+        self.push(Expect::Client(Reply::Parse, Some(parsed)));
     }
 
+    /// A proxy statement sent as Parse/Bind/Execute/.../Sync. Its Sync ends any
+    /// skipping, so it is always answered (by a lone ReadyForQuery when skipped).
     pub fn proxy(&mut self, critical: bool) {
-        self.q.push_back(Expect::Proxy { critical });
+        if self.copy_in {
+            self.into_copy();
+        }
+        self.skipping = false;
+        self.q.push_back(Expect::Proxy {
+            critical,
+            simple: false,
+        });
+    }
+
+    /// A proxy statement sent as a simple Query. Skipped whole by a server skipping to a
+    /// Sync: a critical one (a reset) that would be skipped means the server's state
+    /// can no longer be vouched for.
+    pub fn proxy_query(&mut self, critical: bool) {
+        let queued = self.push(Expect::Proxy {
+            critical,
+            simple: true,
+        });
+        if !queued && critical {
+            self.desync = Some("a reset of the server would have been skipped");
+        }
     }
 
     /// A proxy Close whose CloseComplete is consumed.
     pub fn swallow_close(&mut self) {
-        self.q.push_back(Expect::SwallowOne(Reply::Close, None));
+        self.push(Expect::SwallowOne(Reply::Close, None));
     }
 
     /// A proxy Parse (of statement `name`) whose ParseComplete is consumed.
@@ -192,8 +260,7 @@ impl Pipeline {
             server: name,
             client: None,
         };
-        self.q
-            .push_back(Expect::SwallowOne(Reply::Parse, Some(parsed)));
+        self.push(Expect::SwallowOne(Reply::Parse, Some(parsed)));
     }
 
     /// Statements that the server did not prepare after all.
@@ -201,8 +268,10 @@ impl Pipeline {
         std::mem::take(&mut self.failed_parses)
     }
 
+    /// A reply the proxy gives itself (nothing when the server would have skipped the
+    /// message, as directly).
     pub fn synthetic(&mut self, bytes: BytesMut) {
-        self.q.push_back(Expect::Synthetic(bytes));
+        self.push(Expect::Synthetic(bytes));
     }
 
     /// True when the next server message belongs to the proxy (and must be read whole).
@@ -233,9 +302,11 @@ impl Pipeline {
         };
         let disposition = match front {
             Expect::Client(..) | Expect::Synthetic(_) | Expect::CopyEnd => Disposition::Forward,
-            Expect::Proxy { critical } if tag == be::ERROR_RESPONSE => Disposition::ProxyError {
-                critical: *critical,
-            },
+            Expect::Proxy { critical, .. } if tag == be::ERROR_RESPONSE => {
+                Disposition::ProxyError {
+                    critical: *critical,
+                }
+            }
             Expect::Proxy { .. } => Disposition::Swallow,
             // A failing injected Parse/Close: the client must see why its statement failed.
             Expect::SwallowOne(..) if tag == be::ERROR_RESPONSE => Disposition::Forward,
@@ -245,9 +316,13 @@ impl Pipeline {
             return disposition;
         }
         if tag == be::ERROR_RESPONSE {
-            if std::mem::take(&mut self.copy_active) && self.copy_dropped {
-                // Syncs read after the server left copy mode are answered after all.
-                self.in_doubt = true;
+            if std::mem::take(&mut self.copy_active) {
+                // The error ends the copy: later messages are read outside copy mode.
+                self.copy_in = false;
+                if self.copy_dropped {
+                    // Syncs read after the server left copy mode are answered after all.
+                    self.in_doubt = true;
+                }
             }
             self.on_error();
         } else {
@@ -273,27 +348,34 @@ impl Pipeline {
     }
 
     /// An ErrorResponse: within a simple Query (or proxy statement) it does not end the
-    /// entry; in extended protocol the server now skips everything up to the next Sync,
-    /// so the entries of skipped messages (including synthetic replies) are dropped.
+    /// entry; in extended protocol the server now skips every message up to the next
+    /// Sync, simple Queries included, so the entries of skipped messages (synthetic
+    /// replies too) are dropped, and when no Sync is queued yet the messages the client
+    /// sends later are skipped as well (`skipping`).
     fn on_error(&mut self) {
         match self.q.front() {
+            None => {} // unsolicited
             Some(Expect::Client(r, _)) if r.ends_at_ready() => {}
             Some(Expect::Proxy { .. }) => {}
-            _ => {
+            Some(_) => {
                 while let Some(e) = self.q.front() {
                     if matches!(
                         e,
-                        Expect::Client(Reply::UntilReady | Reply::Sync, _) | Expect::Proxy { .. }
+                        Expect::Client(Reply::Sync, _) | Expect::Proxy { simple: false, .. }
                     ) {
-                        break;
+                        return;
                     }
-                    if let Some(
-                        Expect::Client(_, Some(parsed)) | Expect::SwallowOne(_, Some(parsed)),
-                    ) = self.q.pop_front()
-                    {
-                        self.failed_parses.push(parsed);
+                    match self.q.pop_front() {
+                        Some(
+                            Expect::Client(_, Some(parsed)) | Expect::SwallowOne(_, Some(parsed)),
+                        ) => self.failed_parses.push(parsed),
+                        Some(Expect::Proxy { critical: true, .. }) => {
+                            self.desync = Some("a reset of the server was skipped");
+                        }
+                        _ => {}
                     }
                 }
+                self.skipping = true;
             }
         }
     }

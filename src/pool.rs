@@ -20,6 +20,8 @@ pub struct Manager {
     connector: Arc<Connector>,
     cfg: PoolConfig,
     metrics: Arc<Metrics>,
+    /// `upstream.allow_unsafe_role`: hand out connections of a role RLS does not apply to.
+    allow_unsafe_role: bool,
 }
 
 impl managed::Manager for Manager {
@@ -29,7 +31,12 @@ impl managed::Manager for Manager {
     async fn create(&self) -> Result<ServerConn, BackendError> {
         Metrics::inc(&self.metrics.upstream_connects);
         let timeout = self.connector.target.connect_timeout;
-        match tokio::time::timeout(timeout, ServerConn::connect(&self.connector)).await {
+        let connect = async {
+            let mut conn = ServerConn::connect(&self.connector).await?;
+            self.check_role(&mut conn).await?;
+            Ok(conn)
+        };
+        match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(conn)) => {
                 debug!(pid = conn.pid(), "upstream connection opened");
                 Ok(conn)
@@ -73,6 +80,24 @@ impl managed::Manager for Manager {
     }
 }
 
+impl Manager {
+    /// Refuses a connection whose role bypasses row-level security (every connection,
+    /// not once at start: the role may change, or PostgreSQL was down at start).
+    async fn check_role(&self, conn: &mut ServerConn) -> Result<(), BackendError> {
+        let Some(why) = conn.rls_exemption().await? else {
+            return Ok(());
+        };
+        let role = self.connector.target.user.clone();
+        if self.allow_unsafe_role {
+            warn!(role = %role, why, "UNSAFE: upstream role bypasses row-level security (--allow-unsafe-upstream)");
+            return Ok(());
+        }
+        Metrics::inc(&self.metrics.upstream_connect_errors);
+        warn!(role = %role, why, "upstream connection refused: its role bypasses row-level security");
+        Err(BackendError::UnsafeRole { role, why })
+    }
+}
+
 /// Why a checkout failed, as the client will be told.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -88,6 +113,7 @@ impl CheckoutError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             CheckoutError::Exhausted(_) => "53300",
+            CheckoutError::Upstream(BackendError::UnsafeRole { .. }) => "42501",
             CheckoutError::Upstream(_) => "08006",
             CheckoutError::Closed => "57P01",
         }
@@ -104,12 +130,18 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(connector: Connector, cfg: PoolConfig, metrics: Arc<Metrics>) -> Pool {
+    pub fn new(
+        connector: Connector,
+        cfg: PoolConfig,
+        metrics: Arc<Metrics>,
+        allow_unsafe_role: bool,
+    ) -> Pool {
         let connector = Arc::new(connector);
         let manager = Manager {
             connector: connector.clone(),
             cfg: cfg.clone(),
             metrics: metrics.clone(),
+            allow_unsafe_role,
         };
         let inner = managed::Pool::builder(manager)
             .max_size(cfg.size)

@@ -1,6 +1,11 @@
 //! Named prepared statements under transaction pooling: the client's names map to
 //! server-side names derived from the statement text and parameter types, so any server
 //! can hold them; each server keeps an LRU-bounded set of what it has prepared.
+//!
+//! The server names are keyed with a per-process secret ([`StatementNamer`]): a client
+//! cannot compute another client's name, and it never needs to, since a client only
+//! reaches the statements it prepared itself (the session answers any other name with
+//! 26000, as PostgreSQL would).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -22,13 +27,35 @@ pub struct Statement {
     pub parse: BytesMut,
 }
 
+/// Derives server-side statement names: SipHash-1-3 under a random per-process key
+/// (`RandomState`), so names are stable within one rlsgate process (servers share
+/// statements of the same text) and unguessable from outside it.
+#[derive(Debug, Clone, Default)]
+pub struct StatementNamer(std::hash::RandomState);
+
+impl StatementNamer {
+    /// Server-side statement name: stable for the same text and parameter types.
+    fn name(&self, query_and_types: &[u8]) -> String {
+        use std::hash::BuildHasher;
+        format!("{SERVER_PREFIX}{:016x}", self.0.hash_one(query_and_types))
+    }
+}
+
 /// The client's named statements.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     map: HashMap<String, Arc<Statement>>,
+    namer: StatementNamer,
 }
 
 impl ClientStatements {
+    pub fn new(namer: StatementNamer) -> ClientStatements {
+        ClientStatements {
+            map: HashMap::new(),
+            namer,
+        }
+    }
+
     /// Records a Parse; returns the statement when it is named.
     pub fn on_parse(&mut self, msg: &[u8]) -> Option<Arc<Statement>> {
         let body = protocol::body(msg);
@@ -38,7 +65,7 @@ impl ClientStatements {
             return None;
         }
         let rest = &body[pos..];
-        let server_name = server_name(rest);
+        let server_name = self.namer.name(rest);
         let mut parse = BytesMut::with_capacity(msg.len() + 24);
         parse.put_u8(fe::PARSE);
         parse.put_i32((4 + server_name.len() + 1 + rest.len()) as i32);
@@ -83,14 +110,6 @@ impl ClientStatements {
         let (client, _) = self.map.iter().find(|(_, s)| s.server_name == server)?;
         protocol::replace_in_error(msg, server, client)
     }
-}
-
-/// Server-side statement name: stable for the same text and parameter types.
-fn server_name(query_and_types: &[u8]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    query_and_types.hash(&mut h);
-    format!("{SERVER_PREFIX}{:016x}", h.finish())
 }
 
 /// What one server has prepared (server names), least recently used first out.
@@ -182,10 +201,14 @@ mod tests {
         protocol::put_parse(&mut a, "s1", "SELECT $1");
         let mut b = BytesMut::new();
         protocol::put_parse(&mut b, "other", "SELECT $1");
-        let mut cs = ClientStatements::default();
+        let namer = StatementNamer::default();
+        let mut cs = ClientStatements::new(namer.clone());
         let sa = cs.on_parse(&a).unwrap();
-        let sb = cs.on_parse(&b).unwrap();
+        let sb = ClientStatements::new(namer).on_parse(&b).unwrap();
         assert_eq!(sa.server_name, sb.server_name);
+        // Another process (another key) names the same text differently.
+        let sc = ClientStatements::default().on_parse(&a).unwrap();
+        assert_ne!(sa.server_name, sc.server_name);
         assert_eq!(
             crate::inspect::sql_of(fe::PARSE, &sa.parse).map(|s| s.text),
             Some("SELECT $1".into())

@@ -336,7 +336,7 @@ pub fn put_query(buf: &mut BytesMut, sql: &str) {
     finish(buf, start);
 }
 
-/// Appends Parse(unnamed) + Bind(unnamed, text params) + Execute + Sync for `sql`
+/// Appends Parse(unnamed) + Bind(unnamed, text params) + Execute + Close of both + Sync for `sql`
 /// with `params` bound as text: values never appear in the statement text (and so not in
 /// `pg_stat_activity.query`).
 pub fn put_bound_query(buf: &mut BytesMut, sql: &str, params: &[&str]) {
@@ -363,6 +363,15 @@ pub fn put_bound_query(buf: &mut BytesMut, sql: &str, params: &[&str]) {
     put_cstr(buf, "");
     buf.put_i32(0);
     finish(buf, start);
+    // Nothing of it stays on the server: a client's later Bind/Describe/Execute of the
+    // unnamed statement or portal fails as directly (26000/34000) instead of re-running
+    // the proxy's statement with the client's own parameters.
+    for kind in [b'S', b'P'] {
+        let start = begin(buf, frontend::CLOSE);
+        buf.put_u8(kind);
+        put_cstr(buf, "");
+        finish(buf, start);
+    }
     put_sync(buf);
 }
 

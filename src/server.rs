@@ -62,6 +62,8 @@ pub struct State {
     pub cancel: CancelRegistry,
     pub metrics: Arc<Metrics>,
     pub handshake: HandshakeConfig,
+    /// Keys the server-side names of clients' prepared statements (transaction mode).
+    pub statement_names: crate::prepared::StatementNamer,
 }
 
 impl State {
@@ -93,6 +95,7 @@ impl State {
             },
             config.pool.clone(),
             metrics.clone(),
+            config.upstream.allow_unsafe_role,
         );
         let owned = OwnedSettings::from_config(&config.tenant);
         let mut deny_relations = config.guard.deny_relations.clone();
@@ -112,6 +115,7 @@ impl State {
             })
         });
         Ok(State {
+            statement_names: Default::default(),
             seal_key: config.tenant.seal_secret()?,
             inspector: Inspector::new(
                 guard,

@@ -104,14 +104,20 @@ impl Session<'_> {
             }
             fe::BIND => {
                 self.extended_open = true;
-                if txn {
-                    self.check_bound_statement(start, end);
+                if !txn {
+                    self.pipeline.client(Reply::Bind);
+                    return Ok(None);
                 }
-                let replacement = if txn {
-                    self.rewrite_bind(start, end)
-                        .or_else(|| self.unnamed_for_bind(start, end))
+                let name = prepared::bind_statement(&self.cbuf[start..end]).map(|(_, n)| n);
+                let unnamed = name == Some("");
+                if let Some(missing) = name.and_then(|n| self.unreachable_statement(n)) {
+                    return Ok(Some(self.missing_statement(missing)));
+                }
+                self.check_bound_statement(start, end);
+                let replacement = if unnamed {
+                    self.with_unnamed(start, end)
                 } else {
-                    None
+                    self.rewrite_bind(start, end)
                 };
                 self.pipeline.client(Reply::Bind);
                 Ok(replacement)
@@ -208,11 +214,34 @@ impl Session<'_> {
         }
     }
 
-    /// A Bind of the unnamed statement on a server where this client has not parsed it
-    /// in the current binding: the client's last unnamed Parse goes first.
-    fn unnamed_for_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
-        let (_, name) = prepared::bind_statement(&self.cbuf[start..end])?;
-        if !name.is_empty() || self.unnamed_here {
+    /// Transaction mode: a client reaches only the statements it prepared itself, under
+    /// the names it gave, as directly. The error PostgreSQL would give for any other
+    /// name (the server may hold it: another client's statement, or nothing of the
+    /// client's own unnamed one).
+    fn unreachable_statement(&self, name: &str) -> Option<String> {
+        if name.is_empty() {
+            (!self.unnamed_here && self.unnamed.is_none())
+                .then(|| "unnamed prepared statement does not exist".to_owned())
+        } else {
+            self.statements
+                .get(name)
+                .is_none()
+                .then(|| format!("prepared statement \"{name}\" does not exist"))
+        }
+    }
+
+    /// The marker Parse (under its own name, so the client's unnamed statement is left
+    /// alone) that fails where the message naming a missing statement would have.
+    fn missing_statement(&mut self, message: String) -> BytesMut {
+        self.pipeline.client(Reply::Parse);
+        let own = Some(self.marker.clone());
+        self.marker_statement(fe::PARSE, own, "26000", message)
+    }
+
+    /// A Bind or Describe of the unnamed statement on a server where this client has not
+    /// parsed it in the current binding: the client's last unnamed Parse goes first.
+    fn with_unnamed(&mut self, start: usize, end: usize) -> Option<BytesMut> {
+        if self.unnamed_here {
             return None;
         }
         let parse = self.unnamed.clone()?;
@@ -246,18 +275,32 @@ impl Session<'_> {
             Reply::Close
         };
         let named = match prepared::target(&self.cbuf[start..end]) {
-            Some((b'S', name)) if !name.is_empty() && self.mode == PoolMode::Transaction => {
-                name.to_owned()
-            }
+            Some((b'S', name)) if self.mode == PoolMode::Transaction => name.to_owned(),
             _ => {
                 self.pipeline.client(reply);
                 return Ok(None);
             }
         };
         if tag == fe::CLOSE {
-            self.statements.close(&named);
+            if named.is_empty() {
+                self.unnamed = None;
+                if std::mem::take(&mut self.unnamed_here) {
+                    self.pipeline.client(reply);
+                    return Ok(None);
+                }
+            } else {
+                self.statements.close(&named);
+            }
             self.pipeline.synthetic(BytesMut::from(&CLOSE_COMPLETE[..]));
             return Ok(Some(BytesMut::new()));
+        }
+        if let Some(missing) = self.unreachable_statement(&named) {
+            return Ok(Some(self.missing_statement(missing)));
+        }
+        if named.is_empty() {
+            let replacement = self.with_unnamed(start, end);
+            self.pipeline.client(reply);
+            return Ok(replacement);
         }
         let Some(stmt) = self.statements.get(&named).cloned() else {
             self.pipeline.client(reply);

@@ -77,6 +77,9 @@ impl Session<'_> {
             }
             let msg = &buf[start..end];
             let disposition = self.pipeline.on_message(tag);
+            if let Some(why) = self.pipeline.desync() {
+                return Err(super::desync_error(why));
+            }
             for failed in self.pipeline.take_failed_parses() {
                 // As directly: a statement whose Parse failed or was skipped does not exist.
                 statements.remove(&failed.server);
@@ -88,7 +91,14 @@ impl Session<'_> {
                 Disposition::Swallow => {
                     if tag == be::READY_FOR_QUERY {
                         if let Some(err) = self.proxy_error.take() {
+                            if msg.get(protocol::HEADER_LEN) != Some(&b'E') {
+                                // The server does not hold what the proxy believes it does.
+                                return Err(ClientError::ContextFailed(err.message));
+                            }
+                            // In an aborted transaction, which rolls back whatever the
+                            // client changed too; sent again once the client leaves it.
                             debug!(code = %err.code, "re-applying context failed in an aborted transaction");
+                            self.reapply_after_sync = true;
                         }
                     }
                 }
@@ -225,6 +235,7 @@ impl Session<'_> {
                     // message rlsgate cannot carry) before closing.
                     ClientError::Checkout(_)
                     | ClientError::Upstream(_)
+                    | ClientError::Auth(_)
                     | ClientError::Protocol(_) => fatal(&mut self.client, e).await,
                     e => Err(e),
                 }
