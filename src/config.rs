@@ -144,6 +144,9 @@ pub struct GuardSection {
     pub deny_relations: Vec<String>,
     /// Allow `SET ROLE` / `SET SESSION AUTHORIZATION`.
     pub allow_set_role: bool,
+    /// Allow the large-object functions (SQL and FunctionCall). Large objects belong to
+    /// the shared upstream role, so every tenant can read every tenant's objects.
+    pub allow_large_objects: bool,
 }
 
 impl Default for GuardSection {
@@ -153,6 +156,7 @@ impl Default for GuardSection {
             refuse_do_blocks: false,
             deny_relations: crate::guard::default_deny_relations(),
             allow_set_role: false,
+            allow_large_objects: false,
         }
     }
 }

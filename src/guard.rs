@@ -46,6 +46,9 @@ pub struct GuardConfig {
     pub refuse_do_blocks: bool,
     /// Let clients use `SET ROLE` / `SET SESSION AUTHORIZATION` (a role mapping allows it).
     pub allow_set_role: bool,
+    /// Let clients use the large-object functions (`lo_get`, `lo_open`, ...). Large
+    /// objects belong to the shared upstream role, not to a tenant.
+    pub allow_large_objects: bool,
     /// Top-level `pg_cancel_backend`/`pg_terminate_backend` calls are let through,
     /// because the proxy scopes their pid to the tenant's own backends (`backend_calls`);
     /// everywhere else (DO, function bodies, dynamic SQL) they are refused.
@@ -59,6 +62,7 @@ impl Default for GuardConfig {
             deny_relations: default_deny_relations(),
             refuse_do_blocks: false,
             allow_set_role: false,
+            allow_large_objects: false,
             scoped_backend_calls: false,
         }
     }
@@ -118,11 +122,42 @@ pub enum Rule {
     FunctionBody,
     DeniedRelation,
     Unparsable,
+    LargeObject,
+}
+
+/// The server-side large-object functions of `pg_catalog` (lower case).
+pub const LARGE_OBJECT_FUNCTIONS: [&str; 18] = [
+    "lo_open",
+    "lo_close",
+    "loread",
+    "lowrite",
+    "lo_lseek",
+    "lo_lseek64",
+    "lo_tell",
+    "lo_tell64",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_creat",
+    "lo_create",
+    "lo_unlink",
+    "lo_import",
+    "lo_export",
+    "lo_get",
+    "lo_put",
+    "lo_from_bytea",
+];
+
+/// The catalogs of large objects (denied with them).
+pub const LARGE_OBJECT_RELATIONS: [&str; 2] = ["pg_largeobject", "pg_largeobject_metadata"];
+
+/// True for a large-object function name (lower case).
+pub fn is_large_object_function(name: &str) -> bool {
+    LARGE_OBJECT_FUNCTIONS.contains(&name)
 }
 
 impl Rule {
     /// Every rule, e.g. to pre-register metric labels.
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 10] = [
         Rule::ProtectedSetting,
         Rule::SetConfigCall,
         Rule::DynamicSetConfig,
@@ -132,6 +167,7 @@ impl Rule {
         Rule::FunctionBody,
         Rule::DeniedRelation,
         Rule::Unparsable,
+        Rule::LargeObject,
     ];
 
     /// Kebab-case label for logs and metrics.
@@ -146,6 +182,7 @@ impl Rule {
             Rule::FunctionBody => "function-body",
             Rule::DeniedRelation => "denied-relation",
             Rule::Unparsable => "unparsable",
+            Rule::LargeObject => "large-object",
         }
     }
 }

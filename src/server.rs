@@ -105,12 +105,21 @@ impl State {
             deny_relations
                 .extend(["pg_prepared_statements", "pg_prepared_statement"].map(str::to_owned));
         }
+        let mut trigger_names = crate::guard::denied_functions()
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect::<Vec<_>>();
+        if !config.guard.allow_large_objects {
+            trigger_names.extend(crate::guard::LARGE_OBJECT_RELATIONS.map(str::to_owned));
+            trigger_names.extend(crate::guard::LARGE_OBJECT_FUNCTIONS.map(str::to_owned));
+        }
         let guard = config.guard.enabled.then(|| {
             Guard::new(GuardConfig {
                 owned: owned.names().to_vec(),
                 deny_relations: deny_relations.clone(),
                 refuse_do_blocks: config.guard.refuse_do_blocks,
                 allow_set_role: config.guard.allow_set_role,
+                allow_large_objects: config.guard.allow_large_objects,
                 scoped_backend_calls: true,
             })
         });
@@ -123,10 +132,7 @@ impl State {
                 &[
                     owned.names(),
                     &deny_relations[..],
-                    &crate::guard::denied_functions()
-                        .iter()
-                        .map(|f| (*f).to_owned())
-                        .collect::<Vec<_>>()[..],
+                    &trigger_names[..],
                 ]
                 .concat(),
             ),

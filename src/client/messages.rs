@@ -144,15 +144,25 @@ impl Session<'_> {
                 self.pipeline.client(Reply::UntilReady);
                 self.mark_dirty();
                 let oid = function_oid(&self.cbuf[start..end]);
-                if oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o)) {
+                let large_object = oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o));
+                if large_object && self.state.config.guard.allow_large_objects {
                     return Ok(None);
                 }
                 // Any other function could be set_config by OID, unseen by the guard.
-                let message = format!(
-                    "rlsgate: FunctionCall messages are refused except for large-object functions \
-                     (function oid {}) (rule: function-call)",
-                    oid.unwrap_or(0)
-                );
+                let message = if large_object {
+                    format!(
+                        "rlsgate: large-object functions are refused: large objects belong to the \
+                         shared upstream role, so every tenant could read them (function oid {}; \
+                         guard.allow_large_objects) (rule: large-object)",
+                        oid.unwrap_or(0)
+                    )
+                } else {
+                    format!(
+                        "rlsgate: FunctionCall messages are refused except for large-object \
+                         functions (function oid {}) (rule: function-call)",
+                        oid.unwrap_or(0)
+                    )
+                };
                 Ok(Some(self.refusal_message(
                     fe::QUERY,
                     start,

@@ -60,6 +60,7 @@ pub(super) struct Policy {
     deny_relations: HashSet<String>,
     pub(super) refuse_do_blocks: bool,
     pub(super) allow_set_role: bool,
+    pub(super) allow_large_objects: bool,
     /// See `GuardConfig::scoped_backend_calls`.
     pub(super) scoped_backend_calls: bool,
     /// Owned names without blanks, for the text heuristics.
@@ -71,11 +72,14 @@ pub(super) struct Policy {
 impl Policy {
     pub(super) fn new(cfg: &GuardConfig) -> Self {
         let owned: HashSet<String> = cfg.owned.iter().map(|n| n.trim().to_lowercase()).collect();
-        let deny_relations: HashSet<String> = cfg
+        let mut deny_relations: HashSet<String> = cfg
             .deny_relations
             .iter()
             .map(|n| n.rsplit('.').next().unwrap_or(n).trim().to_lowercase())
             .collect();
+        if !cfg.allow_large_objects {
+            deny_relations.extend(super::LARGE_OBJECT_RELATIONS.map(str::to_owned));
+        }
         let owned_words = owned.iter().map(|n| squeeze(n)).collect();
         let denied_words = deny_relations
             .iter()
@@ -87,6 +91,7 @@ impl Policy {
             deny_relations,
             refuse_do_blocks: cfg.refuse_do_blocks,
             allow_set_role: cfg.allow_set_role,
+            allow_large_objects: cfg.allow_large_objects,
             scoped_backend_calls: cfg.scoped_backend_calls,
             owned_words,
             denied_words,

@@ -115,6 +115,24 @@ const HOSTILE: &[(&str, Rule)] = &[
     ("ALTER SYSTEM SET app.current_tenant = 'b'", AlterRoleSetting),
     ("ALTER ROLE app SET role = 'admin'", AlterRoleSetting),
     ("ALTER ROLE app SET session_authorization = 'admin'", AlterRoleSetting),
+    // Any stored default reaches every tenant's future connections.
+    ("ALTER ROLE CURRENT_USER SET default_transaction_read_only = on", AlterRoleSetting),
+    ("ALTER ROLE app SET search_path = evil, public", AlterRoleSetting),
+    ("ALTER ROLE app RESET ALL", AlterRoleSetting),
+    ("alter user current_user set statement_timeout to 1", AlterRoleSetting),
+    ("ALTER DATABASE app SET work_mem = '1MB'", AlterRoleSetting),
+    ("ALTER DATABASE app RESET ALL", AlterRoleSetting),
+    ("ALTER SYSTEM SET max_connections = 1", AlterRoleSetting),
+    ("SELECT 1; ALTER ROLE app IN DATABASE app SET lock_timeout = 1", AlterRoleSetting),
+    ("DO $$ BEGIN ALTER ROLE app SET search_path = x; END $$", AlterRoleSetting),
+    ("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'ALTER DATABASE app SET work_mem = 1'", FunctionBody),
+    // Large objects belong to the shared role: every tenant could read them.
+    ("SELECT lo_get(16401)", LargeObject),
+    ("SELECT pg_catalog.lo_open(16401, 262144)", LargeObject),
+    ("select LOREAD(0, 10)", LargeObject),
+    ("SELECT lo_from_bytea(0, 'x')", LargeObject),
+    ("WITH x AS (SELECT lo_export(1, '/tmp/x')) SELECT 1", LargeObject),
+    ("SELECT oid FROM pg_largeobject_metadata", DeniedRelation),
     // DO blocks: the same rule as the statement inside
     ("DO $$ BEGIN PERFORM set_config('app.current_tenant', 'b', false); END $$", SetConfigCall),
     ("do $$ begin set app.current_tenant = 'b'; end $$", ProtectedSetting),
@@ -238,7 +256,6 @@ fn edge_cases_that_must_pass() {
         "SELECT set_config(NULL, 'x', false)",
         "SELECT 'set app.current_tenant = 1' AS text_not_sql",
         "SHOW app.current_tenant",
-        "ALTER ROLE app RESET ALL",
         "SELEC 1",
         "DO $$ BEGIN EXECUTE 'SELECT ' || 1; END $$",
         "DO $$ BEGIN RAISE NOTICE 'tenant is %', current_setting('app.current_tenant'); END $$",
@@ -286,6 +303,12 @@ fn configuration_switches() {
         Some(AlterRoleSetting)
     );
 
+    let objects = Guard::new(GuardConfig {
+        allow_large_objects: true,
+        ..config()
+    });
+    assert_eq!(objects.check("SELECT lo_get(16401)"), Verdict::Allow);
+
     let strict = Guard::new(GuardConfig {
         refuse_do_blocks: true,
         ..config()
@@ -325,7 +348,7 @@ fn refusal_message_names_rule_and_setting() {
         refusal.message
     );
     assert!(!refusal.message.contains("'b'"));
-    assert_eq!(Rule::ALL.map(|r| r.as_str()).len(), 9);
+    assert_eq!(Rule::ALL.map(|r| r.as_str()).len(), 10);
 }
 
 #[test]

@@ -135,8 +135,14 @@ impl<'p> Walker<'p> {
             "DiscardStmt" => self.discard(child),
             "CreateFunctionStmt" => self.create_function(child, text),
             "AlterFunctionStmt" => self.scoped(Scope::Definition, child, text),
+            // Any setting: a role's or database's defaults reach every tenant's future
+            // connections (`default_transaction_read_only`, `search_path`, ...).
             "AlterRoleSetStmt" | "AlterDatabaseSetStmt" | "AlterSystemStmt" => {
-                self.scoped(Scope::Stored, child, text)
+                Err(self.refuse(
+                    Rule::AlterRoleSetting,
+                    "changing the settings of a role, a database or the server is not allowed \
+                     (they would apply to every tenant's connections)",
+                ))
             }
             "UpdateStmt" | "MergeStmt" | "InsertStmt" | "DeleteStmt" => {
                 self.settings_target(child)?;
@@ -242,6 +248,15 @@ impl<'p> Walker<'p> {
                 format!("reading {name} is not allowed")
             };
             return Err(self.refuse(Rule::DeniedRelation, what));
+        }
+        if !self.policy.allow_large_objects && super::is_large_object_function(&lower) {
+            return Err(self.refuse(
+                Rule::LargeObject,
+                format!(
+                    "calling {name} is not allowed: large objects belong to the shared upstream \
+                     role, so every tenant could read and change them (guard.allow_large_objects)"
+                ),
+            ));
         }
         if name != "set_config" {
             return Ok(());
