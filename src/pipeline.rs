@@ -429,7 +429,7 @@ mod tests {
         p.client(Reply::Bind);
         p.synthetic(BytesMut::from(&b"1\0\0\0\x04"[..]));
         p.client(Reply::Execute);
-        p.client(Reply::UntilReady);
+        p.sync();
         assert!(p.take_synthetic().is_none());
         assert_eq!(p.on_message(b'E'), Disposition::Forward);
         assert!(
@@ -508,12 +508,108 @@ mod tests {
         let mut p = Pipeline::default();
         p.swallow_parse("s".into());
         p.client(Reply::Bind);
-        p.client(Reply::UntilReady);
+        p.sync();
         assert_eq!(p.on_message(b'E'), Disposition::Forward);
         let failed = p.take_failed_parses();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].server, "s");
         assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn after_an_extended_error_everything_but_sync_is_skipped() {
+        // Already queued: a simple Query behind the failing Parse gets no reply either.
+        let mut p = Pipeline::default();
+        p.client(Reply::Parse);
+        p.client(Reply::UntilReady);
+        p.client(Reply::Bind);
+        p.sync();
+        assert_eq!(p.on_message(b'E'), Disposition::Forward);
+        assert!(!p.is_empty());
+        assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty(), "one ReadyForQuery, for the Sync");
+
+        // Sent in a later write: the server is still skipping, nothing is owed until Sync.
+        let mut p = Pipeline::default();
+        p.client(Reply::Parse);
+        assert_eq!(p.on_message(b'E'), Disposition::Forward);
+        assert!(!p.is_empty(), "the server waits for a Sync");
+        p.client(Reply::Bind);
+        p.client(Reply::Execute);
+        p.client(Reply::UntilReady);
+        p.synthetic(BytesMut::from(&b"3\0\0\0\x04"[..]));
+        assert!(p.take_synthetic().is_none());
+        p.sync();
+        assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+        assert!(p.is_empty(), "no phantom replies left");
+        // After the Sync everything is answered again.
+        p.client(Reply::UntilReady);
+        assert!(!p.is_empty());
+
+        // A named Parse the server skips does not exist afterwards.
+        let mut p = Pipeline::default();
+        p.client(Reply::Bind);
+        p.on_message(b'E');
+        p.swallow_parse("s".into());
+        assert_eq!(p.take_failed_parses()[0].server, "s");
+
+        // The proxy's own extended statement ends the skipping with its Sync.
+        let mut p = Pipeline::default();
+        p.client(Reply::Execute);
+        p.on_message(b'E');
+        p.proxy(false);
+        assert_eq!(p.on_message(b'Z'), Disposition::Swallow);
+        assert!(p.is_empty());
+        // A reset sent as a simple Query would be skipped: the server is not trusted.
+        let mut p = Pipeline::default();
+        p.client(Reply::Execute);
+        p.on_message(b'E');
+        p.proxy_query(true);
+        assert!(p.desync().is_some());
+    }
+
+    #[test]
+    fn messages_sent_into_a_copy_cannot_be_followed() {
+        // Queued before the CopyInResponse arrived.
+        let mut p = Pipeline::default();
+        p.client(Reply::UntilReady); // COPY ... FROM STDIN
+        p.client(Reply::UntilReady); // SELECT pg_sleep(1)
+        p.client(Reply::UntilReady); // BEGIN
+        p.on_message(be::COPY_IN_RESPONSE);
+        assert!(p.desync().is_some());
+        // Sent after it.
+        let mut p = Pipeline::default();
+        p.client(Reply::Bind);
+        p.client(Reply::Execute);
+        p.sync();
+        p.on_message(b'2');
+        p.on_message(be::COPY_IN_RESPONSE);
+        assert!(
+            p.desync().is_none(),
+            "the Sync is ignored, as PostgreSQL does"
+        );
+        p.client(Reply::Parse);
+        assert!(p.desync().is_some());
+        // A copy that ends normally leaves nothing in doubt.
+        let mut p = Pipeline::default();
+        p.client(Reply::UntilReady);
+        p.on_message(be::COPY_IN_RESPONSE);
+        p.copy_end();
+        p.client(Reply::UntilReady);
+        p.on_message(b'C');
+        p.on_message(b'Z');
+        p.on_message(b'Z');
+        assert!(p.is_empty() && p.desync().is_none() && !p.in_doubt());
+        // The server's error ends the copy: what the client sends next is answered.
+        let mut p = Pipeline::default();
+        p.client(Reply::UntilReady);
+        p.on_message(be::COPY_IN_RESPONSE);
+        p.on_message(be::ERROR_RESPONSE);
+        p.on_message(b'Z');
+        p.client(Reply::UntilReady);
+        assert!(p.desync().is_none());
+        p.on_message(b'Z');
         assert!(p.is_empty());
     }
 }

@@ -129,12 +129,7 @@ impl State {
             inspector: Inspector::new(
                 guard,
                 config.pool.mode,
-                &[
-                    owned.names(),
-                    &deny_relations[..],
-                    &trigger_names[..],
-                ]
-                .concat(),
+                &[owned.names(), &deny_relations[..], &trigger_names[..]].concat(),
             ),
             owned,
             pool,

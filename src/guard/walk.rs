@@ -137,13 +137,11 @@ impl<'p> Walker<'p> {
             "AlterFunctionStmt" => self.scoped(Scope::Definition, child, text),
             // Any setting: a role's or database's defaults reach every tenant's future
             // connections (`default_transaction_read_only`, `search_path`, ...).
-            "AlterRoleSetStmt" | "AlterDatabaseSetStmt" | "AlterSystemStmt" => {
-                Err(self.refuse(
-                    Rule::AlterRoleSetting,
-                    "changing the settings of a role, a database or the server is not allowed \
+            "AlterRoleSetStmt" | "AlterDatabaseSetStmt" | "AlterSystemStmt" => Err(self.refuse(
+                Rule::AlterRoleSetting,
+                "changing the settings of a role, a database or the server is not allowed \
                      (they would apply to every tenant's connections)",
-                ))
-            }
+            )),
             "UpdateStmt" | "MergeStmt" | "InsertStmt" | "DeleteStmt" => {
                 self.settings_target(child)?;
                 self.visit(child, text)
