@@ -338,6 +338,17 @@ impl Raw {
         (head[0], body)
     }
 
+    /// The next backend message, or `None` once the connection is closed.
+    pub async fn try_read(&mut self) -> Option<RawMessage> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 5];
+        self.s.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.checked_sub(4)?];
+        self.s.read_exact(&mut body).await.ok()?;
+        Some((head[0], body))
+    }
+
     /// Messages up to and including the `n`th ReadyForQuery (10 s at most).
     pub async fn until_ready(&mut self, n: usize) -> Vec<RawMessage> {
         let read = async {

@@ -8,6 +8,7 @@ mod harness;
 
 mod admin;
 mod auth;
+mod bookkeeping;
 mod cancel;
 mod channels;
 mod copy;

@@ -7,7 +7,6 @@
 //! write as the client's messages, each with its own Sync boundary; their replies are
 //! consumed by the proxy (see [`crate::pipeline`]), so they cost no extra round trip.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
@@ -83,8 +82,6 @@ struct Session<'s> {
     tx: TxStatus,
     ctx: SessionContext,
     key: (i32, i32),
-    /// Refusal messages to substitute, in order, for the server's marker errors.
-    refusals: VecDeque<(&'static str, String)>,
     marker: String,
     /// Re-apply the context after the client's next sync point.
     reapply_after_sync: bool,
@@ -206,7 +203,6 @@ pub async fn run_session(
         tx: TxStatus::Idle,
         ctx,
         key: (pid, secret),
-        refusals: VecDeque::new(),
         marker: format!("rlsgate_refused_{:08x}", rand::random::<u32>()),
         reapply_after_sync: false,
         unnamed: None,

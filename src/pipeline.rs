@@ -65,6 +65,10 @@ enum Expect {
     SwallowOne(Reply, Option<Parsed>),
     /// A reply the proxy produces itself, in order (the server never sees the message).
     Synthetic(BytesMut),
+    /// A refused client message, replaced by a marker statement that fails at the same
+    /// point: its ErrorResponse is swapped for this SQLSTATE and message. Tied to its
+    /// place in the pipeline, so a marker the server skips takes its refusal with it.
+    Refused(Reply, &'static str, String),
     /// Not a reply: the client's CopyDone/CopyFail, sent before the server's
     /// CopyInResponse arrived (Syncs queued before it are ignored by the server).
     CopyEnd,
@@ -75,6 +79,8 @@ enum Expect {
 pub enum Disposition {
     Forward,
     Swallow,
+    /// The marker error of a refused message: send this refusal instead.
+    Refuse(&'static str, String),
     /// An ErrorResponse answering a proxy statement.
     ProxyError {
         critical: bool,
@@ -214,6 +220,11 @@ impl Pipeline {
         self.push(Expect::Client(reply, None));
     }
 
+    /// A refused message's marker (see `Expect::Refused`).
+    pub fn refused(&mut self, reply: Reply, code: &'static str, message: String) {
+        self.push(Expect::Refused(reply, code, message));
+    }
+
     /// The client's Parse of its named statement `stmt`.
     pub fn client_parse(&mut self, stmt: Arc<Statement>) {
         let parsed = Parsed {
@@ -301,7 +312,12 @@ impl Pipeline {
             return Disposition::Forward;
         };
         let disposition = match front {
-            Expect::Client(..) | Expect::Synthetic(_) | Expect::CopyEnd => Disposition::Forward,
+            Expect::Refused(_, code, message) if tag == be::ERROR_RESPONSE => {
+                Disposition::Refuse(code, message.clone())
+            }
+            Expect::Client(..) | Expect::Refused(..) | Expect::Synthetic(_) | Expect::CopyEnd => {
+                Disposition::Forward
+            }
             Expect::Proxy { critical, .. } if tag == be::ERROR_RESPONSE => {
                 Disposition::ProxyError {
                     critical: *critical,
@@ -338,7 +354,9 @@ impl Pipeline {
 
     fn on_reply(&mut self, tag: u8) {
         let done = match self.q.front() {
-            Some(Expect::Client(r, _) | Expect::SwallowOne(r, _)) => r.is_terminal(tag),
+            Some(Expect::Client(r, _) | Expect::SwallowOne(r, _) | Expect::Refused(r, ..)) => {
+                r.is_terminal(tag)
+            }
             Some(Expect::Proxy { .. }) => tag == be::READY_FOR_QUERY,
             _ => false,
         };
@@ -355,7 +373,7 @@ impl Pipeline {
     fn on_error(&mut self) {
         match self.q.front() {
             None => {} // unsolicited
-            Some(Expect::Client(r, _)) if r.ends_at_ready() => {}
+            Some(Expect::Client(r, _) | Expect::Refused(r, ..)) if r.ends_at_ready() => {}
             Some(Expect::Proxy { .. }) => {}
             Some(_) => {
                 while let Some(e) = self.q.front() {

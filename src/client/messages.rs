@@ -47,7 +47,8 @@ impl Session<'_> {
                 self.unnamed = None;
                 let replacement = match self.check_sql(tag, start, end) {
                     Checked::Forward => None,
-                    Checked::Replace(bytes) | Checked::Rewrite(bytes) => Some(bytes),
+                    Checked::Replace(bytes) => return Ok(Some(bytes)),
+                    Checked::Rewrite(bytes) => Some(bytes),
                 };
                 self.pipeline.client(Reply::UntilReady);
                 Ok(replacement)
@@ -57,10 +58,7 @@ impl Session<'_> {
                 let rewritten = match self.check_sql(tag, start, end) {
                     Checked::Forward => None,
                     Checked::Rewrite(bytes) => Some(bytes),
-                    Checked::Replace(bytes) => {
-                        self.pipeline.client(Reply::Parse);
-                        return Ok(Some(bytes));
-                    }
+                    Checked::Replace(bytes) => return Ok(Some(bytes)),
                 };
                 if !txn {
                     self.pipeline.client(Reply::Parse);
@@ -76,7 +74,6 @@ impl Session<'_> {
                     // As directly: the name must be closed before it is parsed again. The
                     // marker Parse goes under its own name: the server may hold `name`.
                     let message = format!("prepared statement \"{name}\" already exists");
-                    self.pipeline.client(Reply::Parse);
                     let own = Some(self.marker.clone());
                     return Ok(Some(self.marker_statement(tag, own, "42P05", message)));
                 }
@@ -141,11 +138,11 @@ impl Session<'_> {
                 Ok(None)
             }
             fe::FUNCTION_CALL => {
-                self.pipeline.client(Reply::UntilReady);
                 self.mark_dirty();
                 let oid = function_oid(&self.cbuf[start..end]);
                 let large_object = oid.is_some_and(|o| LARGE_OBJECT_FUNCTIONS.contains(&o));
                 if large_object && self.state.config.guard.allow_large_objects {
+                    self.pipeline.client(Reply::UntilReady);
                     return Ok(None);
                 }
                 // Any other function could be set_config by OID, unseen by the guard.
@@ -243,7 +240,6 @@ impl Session<'_> {
     /// The marker Parse (under its own name, so the client's unnamed statement is left
     /// alone) that fails where the message naming a missing statement would have.
     fn missing_statement(&mut self, message: String) -> BytesMut {
-        self.pipeline.client(Reply::Parse);
         let own = Some(self.marker.clone());
         self.marker_statement(fe::PARSE, own, "26000", message)
     }
@@ -540,7 +536,12 @@ impl Session<'_> {
         code: &'static str,
         message: String,
     ) -> BytesMut {
-        self.refusals.push_back((code, message));
+        let reply = if tag == fe::QUERY {
+            Reply::UntilReady
+        } else {
+            Reply::Parse
+        };
+        self.pipeline.refused(reply, code, message);
         let sql = format!("SELECT {}.refused", self.marker);
         let mut out = BytesMut::new();
         if tag == fe::QUERY {

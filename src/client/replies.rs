@@ -2,8 +2,6 @@
 //! synthetic ones in order, swaps marker errors for refusals, forwards the rest; and how
 //! the session ends.
 
-use std::collections::VecDeque;
-
 use bytes::{Buf, BytesMut};
 use pgwire::tokio::server::MaybeTls;
 use tokio::io::AsyncWriteExt;
@@ -88,6 +86,15 @@ impl Session<'_> {
                 }
             }
             match disposition {
+                Disposition::Refuse(code, refusal) => {
+                    // The marker's error: the client sees the refusal in its place.
+                    write_client(&mut self.client, &buf[sent..start]).await?;
+                    let mut err = BytesMut::new();
+                    protocol::put_error(&mut err, Severity::Error, code, &refusal);
+                    write_client(&mut self.client, &err).await?;
+                    sent = end;
+                    continue;
+                }
                 Disposition::Swallow => {
                     if tag == be::READY_FOR_QUERY {
                         if let Some(err) = self.proxy_error.take() {
@@ -121,19 +128,6 @@ impl Session<'_> {
                             if let Some((n, v)) = protocol::parse_parameter_status(msg) {
                                 params.push((n.to_owned(), v.to_owned()));
                             }
-                        }
-                        be::ERROR_RESPONSE
-                            if is_marker_error(&self.refusals, &self.marker, msg) =>
-                        {
-                            let (code, refusal) = self
-                                .refusals
-                                .pop_front()
-                                .unwrap_or(("42501", String::new()));
-                            write_client(&mut self.client, &buf[sent..start]).await?;
-                            let mut err = BytesMut::new();
-                            protocol::put_error(&mut err, Severity::Error, code, &refusal);
-                            write_client(&mut self.client, &err).await?;
-                            sent = end;
                         }
                         be::ERROR_RESPONSE => {
                             let f = protocol::parse_error_fields(msg);
@@ -264,10 +258,6 @@ fn wanted_down(tag: u8) -> bool {
             | b'n'
             | be::NOTIFICATION_RESPONSE
     )
-}
-
-fn is_marker_error(refusals: &VecDeque<(&'static str, String)>, marker: &str, msg: &[u8]) -> bool {
-    !refusals.is_empty() && protocol::parse_error_fields(msg).message.contains(marker)
 }
 
 fn all(_: u8) -> bool {
