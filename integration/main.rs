@@ -11,6 +11,7 @@ mod auth;
 mod bookkeeping;
 mod cancel;
 mod channels;
+mod checks;
 mod copy;
 mod demo;
 mod doctor;
