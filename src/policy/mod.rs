@@ -231,4 +231,6 @@ pub async fn plan_command(
 }
 
 #[cfg(test)]
+mod hardening_tests;
+#[cfg(test)]
 mod plan_tests;
