@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::catalog::GrantState;
 use super::file::Policy;
-use super::options::Keep;
+use super::options::{Hardening, Keep};
 use super::plan::{Builder, Phase, Step};
 use super::sql::{quote_ident, quote_literal};
 
@@ -195,9 +195,14 @@ pub const SEAL_CHECK_TABLE: &str = "rlsgate.seal_check";
 
 /// Whether the policy has `apply` revoke this group.
 pub fn revokes(policy: &Policy, group: Group) -> bool {
+    revokes_with(&policy.hardening, group)
+}
+
+/// Whether `[hardening]` says to revoke this group.
+pub fn revokes_with(hardening: &Hardening, group: Group) -> bool {
     match group {
-        Group::LargeObjects => policy.hardening.large_objects == Keep::Revoke,
-        Group::Signals => policy.hardening.backend_signals == Keep::Revoke,
+        Group::LargeObjects => hardening.large_objects == Keep::Revoke,
+        Group::Signals => hardening.backend_signals == Keep::Revoke,
         _ => true,
     }
 }
