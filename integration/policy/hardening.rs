@@ -146,12 +146,10 @@ async fn large_objects_allow_keeps_them_and_explicit_app_grants_are_revoked_too(
         "GRANT EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(integer) TO app_rls",
     );
     let text = std::fs::read_to_string(super::POLICY).unwrap();
+    let allow = text.replace("large_objects = \"revoke\"", "large_objects = \"allow\"");
+    assert_ne!(allow, text);
     let file = env.dir.path().join("lo.toml");
-    std::fs::write(
-        &file,
-        format!("{text}\n[hardening]\nlarge_objects = \"allow\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&file, allow).unwrap();
     let r = super::run_with(&env, file.to_str().unwrap(), &["apply", "--yes"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let states = probe_all(&env).await;
