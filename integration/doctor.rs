@@ -9,6 +9,8 @@ use rlsgate::pgtemp::{TempPostgres, TempPostgresOptions};
 
 use crate::harness::Env;
 
+mod hardening;
+
 /// A small multi-tenant project tracker done right: owner is a NOLOGIN role, RLS enabled
 /// and forced with tenant policies, tenant-scoped unique keys and indexes, an invoker
 /// view, a shared lookup table, statement views closed to the app role.
@@ -69,12 +71,34 @@ INSERT INTO tasks (tenant_id, project_id, title, done)
 ANALYZE;
 "#;
 
+/// What `rlsgate policy apply` revokes from PUBLIC, as part of a clean schema: the
+/// functions and views through which one session of the shared role reaches another.
+fn hardening_sql() -> String {
+    use rlsgate::policy::hardening::{Kind, TARGETS};
+    TARGETS
+        .iter()
+        .filter(|t| t.extension.is_none())
+        .map(|t| {
+            let on = match t.kind {
+                Kind::Function => "FUNCTION",
+                Kind::View => "TABLE",
+            };
+            format!(
+                "REVOKE {} ON {on} pg_catalog.{} FROM PUBLIC;\n",
+                t.kind.privilege(),
+                t.name
+            )
+        })
+        .collect()
+}
+
 /// A cluster with the clean schema in database `app`, then `plant` run as superuser.
 fn cluster(plant: &str) -> TempPostgres {
     let pg = TempPostgres::start(TempPostgresOptions::default())
         .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the test: {e}"));
     pg.psql("postgres", "CREATE DATABASE app").unwrap();
     pg.psql("app", CLEAN).expect("clean schema");
+    pg.psql("app", &hardening_sql()).expect("hardening");
     if !plant.is_empty() {
         pg.psql("app", plant).expect("plant the problem");
     }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{db_error, Env};
 
+mod hardening;
+
 const FIXTURE: &str = include_str!("fixtures/single_tenant.sql");
 const APP_ROLE: &str = "CREATE ROLE app_rls LOGIN PASSWORD 'app_rls_pw';";
 const POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/example-policy.toml");
@@ -19,12 +21,22 @@ const TABLES: [(&str, i64); 5] = [
     ("payments", 5000),
 ];
 
+/// The seal secret every test's `apply` stores (from a file, never the command line).
+const SEAL_SECRET: &str = "test-seal-secret-0123456789abcdef";
+
 /// The single-tenant app plus the role rlsgate will log in as, and the proxy in front.
 async fn shop() -> Env {
-    Env::with_schema(&format!("{FIXTURE}\n{APP_ROLE}")).await
+    let env = Env::with_schema(&format!("{FIXTURE}\n{APP_ROLE}")).await;
+    std::fs::write(seal_file(&env), SEAL_SECRET).unwrap();
+    env
 }
 
-/// Runs `rlsgate policy <args> --policy <file> --database <superuser url>`.
+fn seal_file(env: &Env) -> std::path::PathBuf {
+    env.dir.path().join("seal-secret")
+}
+
+/// Runs `rlsgate policy <args> --policy <file> --database <superuser url>
+/// --seal-secret-file <file>`.
 fn policy_cmd(env: &Env, policy: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rlsgate"));
     cmd.arg("policy")
@@ -34,6 +46,8 @@ fn policy_cmd(env: &Env, policy: &str, args: &[&str]) -> Command {
             policy,
             "--database",
             &env.pg.superuser_url("app"),
+            "--seal-secret-file",
+            seal_file(env).to_str().unwrap(),
         ])
         .env_remove("RLSGATE_POLICY")
         .env_remove("RLSGATE_DATABASE_URL")
@@ -144,17 +158,10 @@ async fn plan_apply_verify_then_two_tenants_are_isolated() {
         "no prompt when nothing to do"
     );
 
-    tenants_are_isolated_through_the_proxy(&env).await;
+    let proxy = hardening::sealed_proxy(&env).await;
+    tenants_are_isolated_through_the_proxy(&env, &proxy).await;
 
-    // doctor on the result: only the statement views remain open; its fix closes them.
-    let report = doctor(&env).await;
-    assert_eq!(
-        report.checks(),
-        ["pg-stat-activity-readable"],
-        "{:#?}",
-        report.findings
-    );
-    sql(&env, &report.findings[0].fix);
+    // doctor on the result: apply closed the statement views as well.
     let report = doctor(&env).await;
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
 }
@@ -194,9 +201,9 @@ fn plan_shows_sql_and_counts_and_changes_nothing(env: &Env) {
 
 /// Two tenants through the proxy: each sees only its rows; INSERTs take the session's
 /// tenant from the column default; cross-tenant writes and references fail.
-async fn tenants_are_isolated_through_the_proxy(env: &Env) {
-    let acme = env.connect("acme").await;
-    let globex = env.connect("globex").await;
+async fn tenants_are_isolated_through_the_proxy(env: &Env, proxy: &rlsgate::server::RunningServer) {
+    let acme = hardening::connect(env, proxy, "acme").await;
+    let globex = hardening::connect(env, proxy, "globex").await;
     for (t, n) in TABLES {
         assert_eq!(count(&acme, t).await, n, "acme sees all of {t}");
         assert_eq!(count(&globex, t).await, 0, "globex sees none of {t}");

@@ -24,6 +24,10 @@ pub struct Settings {
     pub exempt: Vec<QualifiedName>,
     /// Estimated rows from which a table counts as large (index checks).
     pub large_table_rows: i64,
+    /// The proxy seals the tenant context: policies should read `rlsgate.tenant()`.
+    pub sealed: bool,
+    /// Which cross-session function groups are deliberately left usable.
+    pub hardening: crate::policy::options::Hardening,
 }
 
 /// One table that holds rows of many tenants.

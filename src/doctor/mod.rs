@@ -6,13 +6,18 @@
 //! One file per group of checks: `tables` (RLS on tenant tables), `roles` (the app
 //! role), `policies` (policy expressions), `views` (views, materialized views, SECURITY
 //! DEFINER functions), `data` (NULL tenants, indexes, unique keys), `stats` (statistics
-//! views that show other tenants' statements).
+//! views that show other tenants' statements), `sessions` (functions and views that reach
+//! other sessions of the shared role, large objects), `defaults` (setting defaults every
+//! session inherits, predefined-role memberships), `sealed` (the sealed context).
 
 mod context;
 mod data;
+mod defaults;
 mod policies;
 mod report;
 mod roles;
+mod sealed;
+mod sessions;
 mod stats;
 mod tables;
 mod views;
@@ -27,6 +32,7 @@ pub use context::{Context, Settings, TenantTable};
 pub use report::Report;
 
 use crate::config::{Config, ConfigError};
+use crate::policy::options::TenantContext;
 use crate::policy::{pg, Database, DbError, Policy, PolicyFileError};
 
 /// `rlsgate doctor` options.
@@ -59,6 +65,10 @@ pub struct DoctorArgs {
     /// Estimated row count from which a table counts as large (index checks).
     #[arg(long, default_value_t = 10_000)]
     pub large_table_rows: i64,
+    /// The proxy seals the tenant context (as `[tenant] sealed = true`; implied by a
+    /// config that says so or a policy file with `context = "sealed"`).
+    #[arg(long)]
+    pub sealed: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +187,9 @@ pub async fn check_all(
     findings.extend(views::check(client, ctx).await?);
     findings.extend(data::check(client, ctx).await?);
     findings.extend(stats::check(client, ctx).await?);
+    findings.extend(sessions::check(client, ctx).await?);
+    findings.extend(defaults::check(client, ctx).await?);
+    findings.extend(sealed::check(client, ctx).await?);
     findings
         .sort_by(|a, b| (a.severity, a.check, &a.object).cmp(&(b.severity, b.check, &b.object)));
     Ok(findings)
@@ -220,6 +233,10 @@ fn settings(
             .map(|p| p.exempt.iter().map(|e| e.name.clone()).collect())
             .unwrap_or_default(),
         large_table_rows: args.large_table_rows,
+        sealed: args.sealed
+            || config.is_some_and(|c| c.tenant.sealed)
+            || policy.is_some_and(|p| p.context == TenantContext::Sealed),
+        hardening: policy.map(|p| p.hardening).unwrap_or_default(),
     }
 }
 

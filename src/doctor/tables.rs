@@ -127,10 +127,14 @@ fn owned_by_app(ctx: &Context, t: &TenantTable) -> Finding {
 
 /// A tenant-isolation policy for `t`, as `rlsgate policy` would create it.
 pub fn policy_sql(ctx: &Context, t: &TenantTable) -> String {
-    let mut value = format!(
-        "NULLIF(current_setting({}, true), '')",
-        quote_literal(&ctx.settings.setting)
-    );
+    let mut value = if ctx.settings.sealed {
+        "(SELECT rlsgate.tenant())".to_owned()
+    } else {
+        format!(
+            "NULLIF(current_setting({}, true), '')",
+            quote_literal(&ctx.settings.setting)
+        )
+    };
     if t.column_type != "text" {
         value = format!("{value}::{}", t.column_type);
     }

@@ -85,8 +85,19 @@ pub async fn apply(
     };
     backfill_all(db, &plan, &bopts, out).await?;
     let steps: Vec<&Step> = plan.steps_in(Phase::Transaction).collect();
-    let checked =
-        checked_transaction(&mut client, policy, &steps, &before, Expect::Applied).await?;
+    let secret = match (&plan.seal, &policy.seal_secret) {
+        (Some(_), Some(source)) => Some(source.read().map_err(DbError::from)?),
+        _ => None,
+    };
+    let checked = checked_transaction(
+        &mut client,
+        policy,
+        &steps,
+        secret.as_deref(),
+        &before,
+        Expect::Applied,
+    )
+    .await?;
     writeln!(out, "\n-- Data before and after:")?;
     render::snapshots(out, &before, &checked.after)?;
     if !checked.problems.is_empty() {
@@ -204,13 +215,14 @@ async fn backfill_all(
     Ok(())
 }
 
-/// Runs `steps` in one transaction, then checks the result inside it (catalog state as
-/// `expect`ed, counts and checksums equal to `before`); commits only when nothing
-/// differs, else rolls back.
+/// Runs `steps` (then stores `seal_secret`, if any) in one transaction, then checks the
+/// result inside it (catalog state as `expect`ed, counts and checksums equal to
+/// `before`); commits only when nothing differs, else rolls back.
 pub(super) async fn checked_transaction(
     client: &mut Object,
     policy: &Policy,
     steps: &[&Step],
+    seal_secret: Option<&str>,
     before: &Snapshot,
     expect: Expect,
 ) -> Result<Checked, PolicyError> {
@@ -223,6 +235,16 @@ pub(super) async fn checked_transaction(
         txn.batch_execute(&step.sql)
             .await
             .map_err(|e| step_error(step, &e))?;
+    }
+    if let Some(secret) = seal_secret {
+        super::sealed::store(&*txn, secret)
+            .await
+            .map_err(|e| PolicyError::Step {
+                object: "schema rlsgate".into(),
+                what: "store the seal secret".into(),
+                sql: "SELECT rlsgate.set_seal_secret($1)".into(),
+                error: describe(&e),
+            })?;
     }
     let state = inspect(&*txn, policy).await?;
     let mut problems = remaining(policy, &state, expect);

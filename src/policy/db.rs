@@ -24,6 +24,8 @@ pub enum DbError {
     Connect { target: String, reason: String },
     #[error("{0}")]
     Postgres(String),
+    #[error(transparent)]
+    Secret(#[from] crate::policy::options::SecretError),
 }
 
 impl From<tokio_postgres::Error> for DbError {

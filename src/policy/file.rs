@@ -3,12 +3,14 @@
 //!
 //! The format is documented in `policies/example-policy.toml` and `docs/policy.md`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::command::{Command, Commands};
+use super::options::{Hardening, SealSecret, TenantContext};
 use super::sql::QualifiedName;
 
 /// Why a policy file could not be used.
@@ -26,7 +28,7 @@ pub enum PolicyFileError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> PolicyFileError {
+pub(super) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> PolicyFileError {
     PolicyFileError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -84,74 +86,6 @@ fn is_uuid(text: &str) -> bool {
             .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// A command a row-level-security policy applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Command {
-    Select,
-    Insert,
-    Update,
-    Delete,
-}
-
-impl Command {
-    pub const ALL: [Command; 4] = [
-        Command::Select,
-        Command::Insert,
-        Command::Update,
-        Command::Delete,
-    ];
-
-    pub fn keyword(self) -> &'static str {
-        match self {
-            Self::Select => "SELECT",
-            Self::Insert => "INSERT",
-            Self::Update => "UPDATE",
-            Self::Delete => "DELETE",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Command> {
-        Command::ALL
-            .into_iter()
-            .find(|c| c.keyword().eq_ignore_ascii_case(text))
-    }
-}
-
-/// The commands a table's policy covers (never empty).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commands(pub BTreeSet<Command>);
-
-impl Commands {
-    pub fn all() -> Self {
-        Self(Command::ALL.into_iter().collect())
-    }
-
-    pub fn is_all(&self) -> bool {
-        self.0.len() == Command::ALL.len()
-    }
-
-    fn parse(key: &str, items: &[String]) -> Result<Self, PolicyFileError> {
-        let mut set = BTreeSet::new();
-        for item in items {
-            if item.eq_ignore_ascii_case("ALL") {
-                set.extend(Command::ALL);
-            } else {
-                let cmd = Command::parse(item).ok_or_else(|| {
-                    invalid(
-                        key,
-                        format!("unknown command `{item}` (ALL, SELECT, INSERT, UPDATE, DELETE)"),
-                    )
-                })?;
-                set.insert(cmd);
-            }
-        }
-        if set.is_empty() {
-            return Err(invalid(key, "list at least one command"));
-        }
-        Ok(Self(set))
-    }
-}
-
 /// `[apply]`: how `policy apply` runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplySettings {
@@ -195,6 +129,12 @@ pub struct Policy {
     /// The custom setting holding the current tenant (`app.current_tenant`).
     pub setting: String,
     pub tenant_type: TenantType,
+    /// What the policies compare with: the sealed context (default) or the setting.
+    pub context: TenantContext,
+    /// Where `apply` reads the seal secret it stores (`None`: it stores none).
+    pub seal_secret: Option<SealSecret>,
+    /// Which cross-session functions stay usable by the app role.
+    pub hardening: Hardening,
     /// The role rlsgate connects upstream as.
     pub app_role: String,
     /// Table privileges the app role gets on tenant tables.
@@ -217,6 +157,8 @@ struct RawPolicy {
     defaults: RawDefaults,
     #[serde(default)]
     apply: RawApply,
+    #[serde(default)]
+    hardening: Hardening,
     #[serde(default, rename = "table")]
     tables: Vec<RawTable>,
     #[serde(default, rename = "exempt")]
@@ -231,6 +173,10 @@ struct RawTenant {
     ty: TenantType,
     #[serde(default = "default_column")]
     column: String,
+    #[serde(default)]
+    context: TenantContext,
+    seal_secret_env: Option<String>,
+    seal_secret_file: Option<std::path::PathBuf>,
 }
 
 fn default_column() -> String {
@@ -356,6 +302,7 @@ impl RawPolicy {
             return Err(invalid("apply.batch_size", "must be at least 1"));
         }
         let privileges = parse_privileges(&self.roles.privileges)?;
+        let seal_secret = self.tenant.seal_secret()?;
         let default_commands = Commands::parse("defaults.commands", &self.defaults.commands)?;
         let mut seen = HashSet::new();
         let mut tables = Vec::new();
@@ -384,6 +331,9 @@ impl RawPolicy {
         Ok(Policy {
             setting: self.tenant.setting,
             tenant_type: self.tenant.ty,
+            context: self.tenant.context,
+            seal_secret,
+            hardening: self.hardening,
             app_role: self.roles.app,
             privileges,
             policy_name: self.defaults.policy_name,
@@ -395,6 +345,33 @@ impl RawPolicy {
             },
             tables,
             exempt,
+        })
+    }
+}
+
+impl RawTenant {
+    fn seal_secret(&self) -> Result<Option<SealSecret>, PolicyFileError> {
+        match (&self.seal_secret_env, &self.seal_secret_file) {
+            (Some(_), Some(_)) => Err(invalid(
+                "tenant.seal_secret_env",
+                "give seal_secret_env or seal_secret_file, not both",
+            )),
+            (Some(var), None) if var.is_empty() => {
+                Err(invalid("tenant.seal_secret_env", "is empty"))
+            }
+            (Some(var), None) => Ok(Some(SealSecret::Env(var.clone()))),
+            (None, Some(path)) => Ok(Some(SealSecret::File(path.clone()))),
+            (None, None) => Ok(None),
+        }
+        .and_then(|secret| {
+            if secret.is_some() && self.context == TenantContext::Setting {
+                Err(invalid(
+                    "tenant.context",
+                    "a seal secret is set but context = \"setting\" never reads the seal",
+                ))
+            } else {
+                Ok(secret)
+            }
         })
     }
 }

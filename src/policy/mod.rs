@@ -10,11 +10,15 @@ pub mod apply;
 pub mod backfill;
 pub mod catalog;
 pub mod checks;
+pub mod command;
 pub mod db;
 pub mod file;
+pub mod hardening;
+pub mod options;
 pub mod plan;
 mod render;
 pub mod rollback;
+pub mod sealed;
 pub mod sql;
 mod steps;
 mod uniques;
@@ -60,6 +64,13 @@ pub struct Target {
     /// postgres://postgres@db:5432/app?sslmode=require
     #[arg(long, env = "RLSGATE_DATABASE_URL")]
     pub database: String,
+    /// Environment variable holding the seal secret `apply` stores (overrides the policy
+    /// file's `[tenant] seal_secret_env`/`seal_secret_file`). Never pass the secret itself.
+    #[arg(long, conflicts_with = "seal_secret_file")]
+    pub seal_secret_env: Option<String>,
+    /// File holding the seal secret (overrides the policy file's).
+    #[arg(long)]
+    pub seal_secret_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -162,7 +173,12 @@ pub async fn execute(args: PolicyArgs, out: &mut dyn Write) -> Result<Outcome, P
         PolicyCommand::Apply(a) => &a.target,
         PolicyCommand::Rollback(r) => &r.target,
     };
-    let policy = Policy::load(&target.policy)?;
+    let mut policy = Policy::load(&target.policy)?;
+    if let Some(var) = &target.seal_secret_env {
+        policy.seal_secret = Some(options::SealSecret::Env(var.clone()));
+    } else if let Some(path) = &target.seal_secret_file {
+        policy.seal_secret = Some(options::SealSecret::File(path.clone()));
+    }
     let db = Database::from_url(&target.database)?;
     let label = target.policy.display().to_string();
     match &args.command {
@@ -214,5 +230,7 @@ pub async fn plan_command(
     Ok(Outcome::Ok)
 }
 
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod plan_tests;

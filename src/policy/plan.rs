@@ -5,6 +5,7 @@
 use super::backfill::Backfill;
 use super::catalog::{DbState, TableState};
 use super::file::{Command, Policy, TableSpec, TenantType};
+use super::options::TenantContext;
 use super::sql::{object_name, quote_ident, quote_literal, QualifiedName};
 use super::steps;
 
@@ -45,6 +46,8 @@ pub struct Plan {
     pub tables: Vec<TableSummary>,
     pub steps: Vec<Step>,
     pub backfills: Vec<Backfill>,
+    /// The seal secret to store in the schema-change transaction.
+    pub seal: Option<super::sealed::SealStore>,
     /// Things worth knowing that do not stop the plan.
     pub warnings: Vec<String>,
 }
@@ -52,7 +55,7 @@ pub struct Plan {
 impl Plan {
     /// Nothing to change.
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.backfills.is_empty()
+        self.steps.is_empty() && self.backfills.is_empty() && self.seal.is_none()
     }
 
     pub fn steps_in(&self, phase: Phase) -> impl Iterator<Item = &Step> {
@@ -75,6 +78,7 @@ impl Plan {
                     .iter()
                     .map(|s| format!("{}: {}", s.object, s.what)),
             )
+            .chain(self.seal.iter().map(super::sealed::missing))
             .collect()
     }
 }
@@ -156,23 +160,36 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// `NULLIF(current_setting('<setting>', true), '')[::type]`: the session's tenant, NULL
-/// when unset or reset (so it matches no row).
+/// What the policies compare the tenant column with. Sealed (the default):
+/// `(SELECT rlsgate.tenant())[::type]`, the tenant only when rlsgate's seal verifies,
+/// evaluated once per statement. Setting: `NULLIF(current_setting('<setting>', true),
+/// '')[::type]`. Both are NULL when there is no tenant, which matches no row.
 pub fn session_tenant(policy: &Policy) -> String {
-    let value = format!(
-        "NULLIF(current_setting({}, true), '')",
-        quote_literal(&policy.setting)
-    );
-    match policy.tenant_type {
-        TenantType::Text => value,
-        other => format!("{value}::{}", other.sql_name()),
-    }
+    let value = match policy.context {
+        TenantContext::Sealed => SEALED_TENANT.to_owned(),
+        TenantContext::Setting => format!(
+            "NULLIF(current_setting({}, true), '')",
+            quote_literal(&policy.setting)
+        ),
+    };
+    cast(value, policy.tenant_type)
 }
 
-/// The tenant column's default: the session's tenant, an error when there is none.
+/// The tenant column's default: the session's tenant. Sealed: `rlsgate.tenant()`, NULL
+/// without a proven context, so the NOT NULL column refuses the row loudly. Setting:
+/// `current_setting('<setting>')`, an error when unset.
 pub fn column_default(policy: &Policy) -> String {
-    let value = format!("current_setting({})", quote_literal(&policy.setting));
-    match policy.tenant_type {
+    let value = match policy.context {
+        TenantContext::Sealed => "rlsgate.tenant()".to_owned(),
+        TenantContext::Setting => format!("current_setting({})", quote_literal(&policy.setting)),
+    };
+    cast(value, policy.tenant_type)
+}
+
+const SEALED_TENANT: &str = "(SELECT rlsgate.tenant())";
+
+fn cast(value: String, ty: TenantType) -> String {
+    match ty {
         TenantType::Text => value,
         other => format!("{value}::{}", other.sql_name()),
     }
@@ -181,6 +198,24 @@ pub fn column_default(policy: &Policy) -> String {
 /// Whether an expression (as `pg_get_expr` prints it) reads the tenant setting.
 pub fn reads_setting(expr: &str, setting: &str) -> bool {
     expr.contains(&format!("current_setting({}", quote_literal(setting)))
+}
+
+/// Whether an expression reads the sealed context (`rlsgate.tenant()`).
+pub fn reads_sealed(expr: &str) -> bool {
+    expr.contains("rlsgate.tenant()")
+}
+
+/// Whether an expression reads the tenant the way `policy` is configured to.
+pub fn reads_context(expr: &str, policy: &Policy) -> bool {
+    match policy.context {
+        TenantContext::Sealed => reads_sealed(expr),
+        TenantContext::Setting => reads_setting(expr, &policy.setting),
+    }
+}
+
+/// Whether an expression reads the tenant in either form (for rollback and warnings).
+pub fn reads_tenant(expr: &str, setting: &str) -> bool {
+    reads_sealed(expr) || reads_setting(expr, setting)
 }
 
 /// The policies a table should have: `(name, None)` for one `FOR ALL` policy, else one
@@ -226,6 +261,7 @@ pub fn not_empty_name(spec: &TableSpec) -> String {
 pub fn build(policy: &Policy, state: &DbState) -> Result<Plan, Refused> {
     let mut b = Builder::new(policy, state);
     preflight(&mut b);
+    super::sealed::steps(&mut b);
     for (spec, table) in b.tables() {
         steps::column_steps(&mut b, spec, table);
     }
@@ -238,6 +274,7 @@ pub fn build(policy: &Policy, state: &DbState) -> Result<Plan, Refused> {
         steps::grant_steps(&mut b, spec, table);
     }
     steps::exempt_and_view_steps(&mut b);
+    super::hardening::revoke_steps(&mut b);
     for name in &state.uncovered {
         b.plan.warnings.push(format!(
             "{} is in the policy's schemas but not listed: add it as a [[table]] or \

@@ -12,6 +12,7 @@ const POLICY: &str = r#"
 [tenant]
 setting = "app.current_tenant"
 type = "text"
+context = "setting"
 [roles]
 app = "app_rls"
 [[table]]

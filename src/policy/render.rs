@@ -54,7 +54,8 @@ pub fn plan(out: &mut dyn Write, h: &Heading<'_>, plan: &Plan) -> io::Result<()>
     if plan.steps_in(Phase::Prepare).next().is_some() {
         section(
             out,
-            "add tenant columns (each statement commits on its own)",
+            "before the backfill, each statement commits on its own (tenant columns, the \
+             sealed context)",
         )?;
         statements(out, plan, Phase::Prepare)?;
     }
@@ -68,7 +69,7 @@ pub fn plan(out: &mut dyn Write, h: &Heading<'_>, plan: &Plan) -> io::Result<()>
         )?;
         backfills(out, plan, h.batch_size)?;
     }
-    if plan.steps_in(Phase::Transaction).next().is_some() {
+    if plan.steps_in(Phase::Transaction).next().is_some() || plan.seal.is_some() {
         section(
             out,
             &format!("one transaction, checked before COMMIT: {}", h.checks),
@@ -77,6 +78,9 @@ pub fn plan(out: &mut dyn Write, h: &Heading<'_>, plan: &Plan) -> io::Result<()>
         let ms = h.lock_timeout.as_millis().to_string() + "ms";
         writeln!(out, "SET LOCAL lock_timeout = {};", quote_literal(&ms))?;
         statements(out, plan, Phase::Transaction)?;
+        if let Some(store) = &plan.seal {
+            super::sealed::render(out, store)?;
+        }
         writeln!(out, "COMMIT;")?;
     }
     if plan.steps_in(Phase::Concurrent).next().is_some() {

@@ -2,7 +2,9 @@
 //! security, revokes the app role's table privileges (without RLS it would see every
 //! tenant's rows), drops the indexes and checks rlsgate created, narrows widened unique
 //! keys and their foreign keys back, and drops the tenant column's NOT NULL and default
-//! (the column and its values stay unless `--drop-column`). One checked transaction.
+//! (the column and its values stay unless `--drop-column`), and grants back exactly the
+//! cross-session privileges `apply` revoked (`rlsgate.revoked`). The sealed context
+//! (`rlsgate` schema, stored secret) stays. One checked transaction.
 
 use std::io::Write;
 
@@ -39,6 +41,7 @@ pub fn build(
         ));
     }
     security_steps(&mut b);
+    super::hardening::restore_steps(&mut b);
     super::uniques::narrow(&mut b);
     column_steps(&mut b, drop_column);
     if let Some(app) = &state.roles.app {
@@ -155,7 +158,7 @@ fn column_steps(b: &mut Builder<'_>, drop_column: bool) {
         if column
             .default
             .as_deref()
-            .is_some_and(|d| plan::reads_setting(d, &b.policy.setting))
+            .is_some_and(|d| plan::reads_tenant(d, &b.policy.setting))
         {
             b.step(
                 Phase::Transaction,
@@ -209,7 +212,7 @@ pub async fn rollback(
     let expect = Expect::RolledBack {
         drop_column: opts.drop_column,
     };
-    let checked = checked_transaction(&mut client, policy, &steps, &before, expect).await?;
+    let checked = checked_transaction(&mut client, policy, &steps, None, &before, expect).await?;
     writeln!(out, "\n-- Data before and after:")?;
     render::snapshots(out, &before, &checked.after)?;
     if checked.problems.is_empty() {

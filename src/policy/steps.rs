@@ -6,8 +6,8 @@ use super::backfill::Backfill;
 use super::catalog::{PolicyState, TableState};
 use super::file::{Command, Policy, TableSpec};
 use super::plan::{
-    column_default, expected_policies, index_name, not_empty_name, our_policy_names, reads_setting,
-    session_tenant, Builder, Phase, Step,
+    column_default, expected_policies, index_name, not_empty_name, our_policy_names, reads_context,
+    reads_tenant, session_tenant, Builder, Phase, Step,
 };
 use super::sql::{ident_list, quote_ident, quote_literal, QualifiedName};
 
@@ -34,7 +34,7 @@ pub(super) fn column_steps(b: &mut Builder<'_>, spec: &TableSpec, t: &TableState
     let column = t.column.as_ref();
     if !column
         .and_then(|c| c.default.as_deref())
-        .is_some_and(|d| reads_setting(d, &policy.setting))
+        .is_some_and(|d| reads_context(d, policy))
     {
         let default = column_default(policy);
         b.step(
@@ -189,7 +189,7 @@ pub(super) fn rls_steps(b: &mut Builder<'_>, spec: &TableSpec, t: &TableState) {
     }
     for (name, cmd) in expected {
         let existing = t.policies.iter().find(|p| p.name == name);
-        if existing.is_some_and(|p| policy_matches(p, cmd, &spec.column, &b.policy.setting)) {
+        if existing.is_some_and(|p| policy_matches(p, cmd, &spec.column, b.policy)) {
             continue;
         }
         if existing.is_some() {
@@ -208,7 +208,7 @@ pub(super) fn rls_steps(b: &mut Builder<'_>, spec: &TableSpec, t: &TableState) {
         let reads = [&p.using, &p.check]
             .into_iter()
             .flatten()
-            .all(|e| reads_setting(e, &b.policy.setting));
+            .all(|e| reads_tenant(e, &b.policy.setting));
         if !ours && p.permissive && !reads {
             b.plan.warnings.push(format!(
                 "{}: permissive policy {} does not read {}; permissive policies are OR-ed, so it may expose other tenants' rows",
@@ -248,8 +248,14 @@ pub fn create_policy(
     sql
 }
 
-/// Whether an existing policy is the one rlsgate would create.
-pub fn policy_matches(p: &PolicyState, cmd: Option<Command>, column: &str, setting: &str) -> bool {
+/// Whether an existing policy is the one rlsgate would create (reading the tenant in
+/// the configured form, sealed or setting).
+pub fn policy_matches(
+    p: &PolicyState,
+    cmd: Option<Command>,
+    column: &str,
+    policy: &Policy,
+) -> bool {
     let (code, using, check) = match cmd {
         None => ('*', true, true),
         Some(Command::Select) => ('r', true, false),
@@ -259,7 +265,7 @@ pub fn policy_matches(p: &PolicyState, cmd: Option<Command>, column: &str, setti
     };
     let column = quote_ident(column);
     let good = |expr: &Option<String>, wanted: bool| match expr {
-        Some(e) => wanted && reads_setting(e, setting) && e.contains(&column),
+        Some(e) => wanted && reads_context(e, policy) && e.contains(&column),
         None => !wanted,
     };
     p.cmd == code

@@ -1,7 +1,9 @@
 //! `policy verify`: the post-checks alone, for CI pipelines. Passes when the plan is
 //! empty (every tenant column present, NOT NULL with the session default, no NULL
 //! tenant, unique keys tenant-scoped, RLS enabled and forced, the policies present and
-//! reading the tenant setting, grants in place) and the roles are safe.
+//! reading the tenant in the configured form (sealed `rlsgate.tenant()` or the setting),
+//! grants in place, the cross-session functions and views revoked, the configured seal
+//! secret stored) and the roles are safe.
 
 use std::io::Write;
 

@@ -10,8 +10,10 @@ use super::db::DbError;
 use super::file::{Command, Policy};
 use super::sql::QualifiedName;
 
+mod hardening;
 mod table;
 
+pub use hardening::{grants, memberships, GrantState, HardeningState, Revoked, SealState};
 use table::table_state;
 pub use table::{indexes, policies};
 
@@ -160,6 +162,10 @@ pub struct DbState {
     /// Ordinary tables in those schemas that the policy does not mention.
     pub uncovered: Vec<QualifiedName>,
     pub views: Vec<ViewState>,
+    /// Cross-session functions and views, and what `apply` revoked.
+    pub hardening: HardeningState,
+    /// The sealed tenant context.
+    pub seal: SealState,
 }
 
 /// Reads the state of everything `policy` names.
@@ -221,6 +227,20 @@ pub async fn inspect<C: GenericClient + Sync>(
         .collect();
     let oids: Vec<u32> = state.tables.values().map(|t| t.oid).collect();
     state.views = dependent_views(client, &oids, app).await?;
+    state.hardening = HardeningState {
+        grants: grants(client, crate::policy::hardening::TARGETS, app).await?,
+        recorded: hardening::recorded(client).await?,
+        memberships: match app {
+            Some(app) => memberships(client, app).await?,
+            None => Vec::new(),
+        },
+    };
+    state.seal = hardening::seal(client).await?;
+    if let Some(source) = &policy.seal_secret {
+        let secret = source.read()?;
+        state.seal.wanted_fingerprint = Some(crate::policy::options::fingerprint(&secret));
+        state.seal.secret_source = Some(source.describe());
+    }
     Ok(state)
 }
 
