@@ -187,7 +187,8 @@ mod tests {
         let sb = cs.on_parse(&b).unwrap();
         assert_eq!(sa.server_name, sb.server_name);
         assert_eq!(
-            crate::inspect::sql_of(fe::PARSE, &sa.parse).map(|s| s.text),
+            crate::inspect::sql_of(fe::PARSE, &sa.parse, crate::encoding::Encoding::Utf8)
+                .map(|s| s.text),
             Some("SELECT $1".into())
         );
         let mut unnamed = BytesMut::new();
