@@ -13,6 +13,7 @@ mod channels;
 mod copy;
 mod demo;
 mod doctor;
+mod encoding;
 mod guard;
 mod idle;
 mod isolation;

@@ -107,13 +107,12 @@ pub const ALIASES: &[(&str, Encoding)] = &[
 /// PostgreSQL's conversion to UTF-8 (see the module doc and `integration/encoding.rs`).
 pub const DECODED: &[(Encoding, &encoding_rs::Encoding)] = &[
     (E::Sjis, encoding_rs::SHIFT_JIS),
-    (E::Big5, encoding_rs::BIG5),
     (E::Gbk, encoding_rs::GBK),
     (E::Uhc, encoding_rs::EUC_KR),
 ];
 
 /// Encodings whose text no reading of the guard matches (see the module doc).
-const REFUSED: &[Encoding] = &[E::Gb18030, E::Johab, E::ShiftJis2004];
+const REFUSED: &[Encoding] = &[E::Big5, E::Gb18030, E::Johab, E::ShiftJis2004];
 
 /// How the guard reads text in an encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
