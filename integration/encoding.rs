@@ -281,8 +281,7 @@ impl Client {
             let mut out = Vec::new();
             loop {
                 let m = self.read().await;
-                let done =
-                    m.0 == b'Z' || (m.0 == b'E' && summarize(&[m.clone()])[0].contains("FATAL"));
+                let done = m.0 == b'Z' || is_fatal(&m);
                 out.push(m);
                 if done {
                     return out;
@@ -292,6 +291,24 @@ impl Client {
         tokio::time::timeout(Duration::from_secs(10), read)
             .await
             .expect("reply within 10 s")
+    }
+
+    /// Sends Query messages in one write; the replies up to the last ReadyForQuery.
+    async fn queries(&mut self, sqls: &[&[u8]]) -> Vec<RawMessage> {
+        let mut m = Vec::new();
+        for sql in sqls {
+            m.push(b'Q');
+            m.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
+            m.extend_from_slice(sql);
+            m.push(0);
+        }
+        self.s.write_all(&m).await.unwrap();
+        let mut out = Vec::new();
+        while out.iter().filter(|(t, _)| *t == b'Z').count() < sqls.len() {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.read()).await;
+            out.push(m.expect("reply within 10 s"));
+        }
+        out
     }
 
     /// The first column of the first row of `sql`'s reply, as bytes.
@@ -320,4 +337,11 @@ impl Client {
     }
 }
 
-// mod attacks;
+/// A FATAL ErrorResponse (the session ends after it).
+fn is_fatal((tag, body): &RawMessage) -> bool {
+    let mut msg = vec![*tag, 0, 0, 0, 0];
+    msg.extend_from_slice(body);
+    *tag == b'E' && rlsgate::protocol::parse_error_fields(&msg).severity == "FATAL"
+}
+
+mod attacks;
