@@ -14,7 +14,9 @@
 //!   server sees it. Checked against the server for every allowed encoding: converting
 //!   any non-ASCII byte, and any two-byte sequence of bytes ≥ 0x80 (three bytes for the
 //!   `0x8F` plane of EUC_JP/EUC_JIS_2004), to UTF-8 never yields an ASCII character
-//!   (`integration/encoding.rs::ascii_safe_encodings_never_convert_to_ascii`).
+//!   (`integration/encoding.rs::ascii_safe_encodings_never_convert_to_ascii`; EUC_TW's
+//!   four-byte characters for CNS planes 1-2 only; MULE_INTERNAL has no conversion to
+//!   UTF8, so a UTF8 database refuses it by itself).
 //! - **Decoded**: multi-byte characters may end in an ASCII byte (`0x95 0x5C` is one SJIS
 //!   character), so the text is decoded with `encoding_rs` before the guard parses it.
 //!   Allowed only where a test against the real server proved, for every byte and every
@@ -22,8 +24,13 @@
 //!   PostgreSQL's `convert_from` gives the same text or fails, and that both agree on
 //!   which bytes start a two-byte character
 //!   (`integration/encoding.rs::decoded_encodings_match_the_server`). Proven on
-//!   PostgreSQL 15: see [`DECODED`]. Only on a UTF8 database (another server encoding
-//!   would lex the client's bytes, or a conversion of them, not Unicode).
+//!   PostgreSQL 15 (all 128 bytes and 32,768 two-byte sequences each): SJIS (= WIN932,
+//!   MSKANJI) with `Shift_JIS`, GBK (= WIN936) with `GBK`, UHC (= WIN949) with `EUC-KR`,
+//!   no disagreement. Disproven, so refused: BIG5 (267 characters convert to other
+//!   Unicode characters, e.g. `A1 45`), SHIFT_JIS_2004 (2,650, JIS X 0213), JOHAB
+//!   (7,692), GB18030 (20, and its four-byte characters are not covered). Decoded
+//!   encodings only on a UTF8 database (another server encoding would lex the client's
+//!   bytes, or a conversion of them, not Unicode).
 //! - **Refused**: everything else (`SHIFT_JIS_2004`, `JOHAB`, `GB18030` whose four-byte
 //!   characters contain ASCII digits, any encoding not proven, any unknown name): as a
 //!   startup parameter the connection fails, in SQL the guard refuses the statement.

@@ -2,6 +2,9 @@
 //! guard's verdict, the session effects (`SET`, `RESET`, `RESET ALL`, `DISCARD ALL`)
 //! and, for transaction pooling, features that cannot work across transactions.
 //! Results are cached by statement text, so a repeated statement costs one hash lookup.
+//! The text is the message's bytes read as the server reads them, in the session's
+//! client encoding ([`crate::encoding`]): decoded (SJIS, GBK, UHC) before it is parsed
+//! and cached, or byte-for-char in the ASCII-safe encodings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
