@@ -153,7 +153,11 @@ async fn orm_workload_has_no_false_refusals() {
         .map(str::trim)
         .filter(|s| !s.is_empty() && !s.starts_with("--"))
     {
-        let (verdict, _) = inspector.inspect_message(b'Q', &query_message(stmt));
+        let (verdict, _) = inspector.inspect_message(
+            b'Q',
+            &query_message(stmt),
+            &rlsgate::encoding::Reading::Known(rlsgate::encoding::Encoding::Utf8),
+        );
         assert!(
             !matches!(verdict, rlsgate::inspect::Verdict::Refuse { .. }),
             "false refusal: {stmt}"

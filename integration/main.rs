@@ -15,6 +15,7 @@ mod checks;
 mod copy;
 mod demo;
 mod doctor;
+mod encoding;
 mod guard;
 mod idle;
 mod isolation;

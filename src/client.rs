@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelTarget;
 use crate::config::{ChannelScope, PoolMode};
+use crate::encoding::ClientEncoding;
 use crate::error::{ClientError, IdleTimeout};
 use crate::handshake::Authenticated;
 use crate::metrics::Metrics;
@@ -101,6 +102,8 @@ struct Session<'s> {
     tenant: String,
     /// When the token stops vouching for the session (`exp` + leeway + session grace).
     expires: std::time::SystemTime,
+    /// The client encoding the server reads each message in (`crate::encoding`).
+    encoding: ClientEncoding,
 }
 
 /// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
@@ -187,7 +190,10 @@ pub async fn run_session(
             None
         }
     };
+    let held = crate::encoding::of_settings(ctx.client_settings(), &ctx.replay);
+    let encoding = ClientEncoding::new(held, server.as_ref().map(|s| s.params()));
     let mut session = Session {
+        encoding,
         state,
         mode,
         client: client.stream,
@@ -467,7 +473,9 @@ impl Session<'_> {
     /// (and the client's own settings when they differ), ahead of the client's bytes.
     async fn bind(&mut self) -> Result<(), ClientError> {
         let mut obj = self.state.pool.checkout().await?;
-        // Whatever unnamed statement this server holds is not the client's.
+        let held = crate::encoding::of_settings(self.ctx.client_settings(), &self.ctx.replay);
+        self.encoding.on_bind(held, obj.params()); // encoding
+                                                   // Whatever unnamed statement this server holds is not the client's.
         self.unnamed_here = false;
         let want = self.ctx.fingerprint();
         if obj.context != Some(want) || obj.dirty {

@@ -2,8 +2,10 @@
 //! guard's verdict, the session effects (`SET`, `RESET`, `RESET ALL`, `DISCARD ALL`)
 //! and, for transaction pooling, features that cannot work across transactions.
 //! Results are cached by statement text, so a repeated statement costs one hash lookup.
+//! The text is the message's bytes read as the server reads them, in the session's
+//! client encoding ([`crate::encoding`]): decoded (SJIS, GBK, UHC) before it is parsed
+//! and cached, or byte-for-char in the ASCII-safe encodings.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +13,7 @@ use pg_query::protobuf::{self, OnCommitAction, VariableSetKind};
 use pg_query::NodeRef;
 
 use crate::config::PoolMode;
+use crate::encoding::{Changes, Encoding, Malformed, Reading};
 use crate::guard::{self, Guard};
 use crate::protocol::{self, frontend as fe};
 
@@ -62,6 +65,8 @@ pub struct Analysis {
     /// Provably leaves no session state on its server ([`clean::is_clean`]); a server
     /// that ran anything else is reset before another session gets it.
     pub clean: bool,
+    /// The client encodings the text may switch the session to.
+    pub encoding: Changes,
 }
 
 /// Lower-case substrings without which a statement can neither touch a setting, a role
@@ -122,6 +127,7 @@ impl Inspector {
                 session_only: None,
                 channels: false,
                 clean: true,
+                encoding: Changes::default(),
             }),
         }
     }
@@ -156,12 +162,13 @@ impl Inspector {
             }
         }
         // Without a trigger word only cleanliness needs the parser (function calls).
+        let effects_of = if full { effects(sql) } else { Vec::new() };
         let analysis = Arc::new(Analysis {
             guard: match &self.guard {
                 Some(g) if full => g.check(sql),
                 _ => guard::Verdict::Allow,
             },
-            effects: if full { effects(sql) } else { Vec::new() },
+            effects: effects_of.clone(),
             session_only: if full && self.mode == PoolMode::Transaction {
                 session_only(sql)
             } else {
@@ -169,8 +176,14 @@ impl Inspector {
             },
             channels: full && mentions_channels(sql),
             clean: self.mode != PoolMode::Transaction || clean::is_clean(sql),
+            encoding: if full {
+                encoding_changes(sql, &effects_of)
+            } else {
+                Changes::default()
+            },
         });
-        if let (Some(key), true) = (shape, analysis.effects.is_empty()) {
+        let plain = analysis.effects.is_empty() && analysis.encoding.is_empty();
+        if let (Some(key), true) = (shape, plain) {
             // Texts of one shape differ only in numbers: same statements, same verdict.
             insert_bounded(&self.shapes, key.into(), &analysis);
         } else if sql.len() <= CACHE_MAX_SQL {
@@ -181,12 +194,27 @@ impl Inspector {
 
     /// The guard's verdict for one Query or Parse message, plus its analysis (whose
     /// `session_only` feature the session pins or refuses, see `pool.session_features`).
-    /// A text that is not UTF-8 (a `LATIN1` client, say) is judged by its byte-for-char
-    /// view (see [`sql_of`]), never let through unread.
-    pub fn inspect_message(&self, tag: u8, msg: &[u8]) -> (Verdict, Option<Arc<Analysis>>) {
-        let Some(sql) = sql_of(tag, msg) else {
+    /// The text is read as the server will read it, in the session's client encoding
+    /// (`reading`, see [`crate::encoding`]): bytes invalid in it are refused as PostgreSQL
+    /// refuses them, and only ASCII text is accepted while the encoding is not known.
+    pub fn inspect_message(
+        &self,
+        tag: u8,
+        msg: &[u8],
+        reading: &Reading,
+    ) -> (Verdict, Option<Arc<Analysis>>) {
+        let Some(bytes) = sql_bytes(tag, msg) else {
             // No text: not a Query/Parse, or malformed (PostgreSQL rejects it).
             return (Verdict::Allow, None);
+        };
+        let enc = match reading {
+            Reading::Known(enc) => *enc,
+            Reading::Unknown(_) if bytes.is_ascii() => Encoding::Utf8,
+            Reading::Unknown(why) => return (refuse("55000", why.clone()), None),
+        };
+        let sql = match crate::encoding::read(bytes, enc) {
+            Ok(sql) => sql,
+            Err(bad) => return (refuse(Malformed::SQLSTATE, bad.message()), None),
         };
         let a = self.analyse(&sql.text);
         let verdict = match &a.guard {
@@ -215,6 +243,17 @@ impl Inspector {
     }
 }
 
+fn refuse(code: &'static str, message: String) -> Verdict {
+    Verdict::Refuse { code, message }
+}
+
+/// What `sql` (with session `effects`) may do to `client_encoding`.
+fn encoding_changes(sql: &str, effects: &[Effect]) -> Changes {
+    let mut changes = crate::encoding::changes_of(sql);
+    changes.to_startup = effects.contains(&Effect::ResetAll);
+    changes
+}
+
 /// True when `sql` may name a notification channel: `LISTEN`, `UNLISTEN`, `NOTIFY`
 /// or `pg_notify` (all contain one of the two words, in any case), or a Unicode-escaped
 /// identifier (`U&"pg_!006eotify"` spells `pg_notify` without the word).
@@ -236,25 +275,17 @@ fn insert_bounded(
     cache.insert(key, a.clone());
 }
 
-/// The SQL text of a Query or Parse message, as the guard reads it.
-pub struct SqlText<'m> {
-    /// The text; when the bytes are not UTF-8, each byte as the char of the same number
-    /// (its Latin-1 reading).
-    pub text: Cow<'m, str>,
-    /// Whether the bytes were UTF-8 (`text` is then exactly them).
-    pub utf8: bool,
+pub use crate::encoding::SqlText;
+
+/// The SQL text of a Query or Parse message read in the client encoding `enc` (see
+/// [`crate::encoding::read`]); `None` for other messages, malformed ones (no NUL
+/// terminator) and bytes invalid in `enc` (which [`Inspector::inspect_message`] refuses).
+pub fn sql_of(tag: u8, msg: &[u8], enc: Encoding) -> Option<SqlText<'_>> {
+    crate::encoding::read(sql_bytes(tag, msg)?, enc).ok()
 }
 
-/// The SQL text of a Query or Parse message; `None` for other messages and malformed
-/// ones (no NUL terminator).
-///
-/// Why the Latin-1 reading is safe for a guard: every client encoding rlsgate allows is
-/// ASCII-compatible and never uses a byte below 0x80 inside a multi-byte character
-/// (encodings that do are refused, see `tenant::UNSAFE_ENCODINGS`), and every character
-/// that matters to the lexer is ASCII. Mapping each non-ASCII byte to a non-ASCII char
-/// keeps every quote, keyword and ASCII identifier where the server sees it, and a name
-/// with a non-ASCII character cannot equal an ASCII one.
-pub fn sql_of(tag: u8, msg: &[u8]) -> Option<SqlText<'_>> {
+/// The bytes of the SQL text of a Query or Parse message.
+fn sql_bytes(tag: u8, msg: &[u8]) -> Option<&[u8]> {
     let body = protocol::body(msg);
     let start = match tag {
         fe::QUERY => 0,
@@ -262,17 +293,7 @@ pub fn sql_of(tag: u8, msg: &[u8]) -> Option<SqlText<'_>> {
         _ => return None,
     };
     let rest = body.get(start..)?;
-    let bytes = &rest[..rest.iter().position(|&b| b == 0)?];
-    Some(match std::str::from_utf8(bytes) {
-        Ok(text) => SqlText {
-            text: Cow::Borrowed(text),
-            utf8: true,
-        },
-        Err(_) => SqlText {
-            text: Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
-            utf8: false,
-        },
-    })
+    Some(&rest[..rest.iter().position(|&b| b == 0)?])
 }
 
 /// Top-level statements of `sql` with their source text.

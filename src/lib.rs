@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod encoding;
 pub mod error;
 pub mod guard;
 pub mod handshake;

@@ -210,7 +210,8 @@ mod tests {
         let sc = ClientStatements::default().on_parse(&a).unwrap();
         assert_ne!(sa.server_name, sc.server_name);
         assert_eq!(
-            crate::inspect::sql_of(fe::PARSE, &sa.parse).map(|s| s.text),
+            crate::inspect::sql_of(fe::PARSE, &sa.parse, crate::encoding::Encoding::Utf8)
+                .map(|s| s.text),
             Some("SELECT $1".into())
         );
         let mut unnamed = BytesMut::new();

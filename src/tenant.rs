@@ -19,30 +19,9 @@ pub enum ContextError {
     Replication,
     #[error("invalid startup options: {0}")]
     BadOptions(String),
-    #[error("client_encoding {0} is not allowed through rlsgate (its multi-byte characters can hide quotes from the statement guard); use UTF8")]
+    #[error("client_encoding {0:?} is not allowed through rlsgate (not an encoding PostgreSQL knows, or one whose multi-byte characters can hide quotes from the statement guard, see rlsgate::encoding); use UTF8")]
     UnsafeEncoding(String),
 }
-
-/// Client encodings whose multi-byte characters may contain the byte of an ASCII quote
-/// or backslash: PostgreSQL refuses them as server encodings for the same reason.
-const UNSAFE_ENCODINGS: &[&str] = &[
-    "sjis",
-    "shift_jis",
-    "big5",
-    "gbk",
-    "gb18030",
-    "uhc",
-    "johab",
-    "mskanji",
-    "win932",
-    "win936",
-    "win949",
-    "win950",
-    "cp932",
-    "cp936",
-    "cp949",
-    "cp950",
-];
 
 /// The settings rlsgate owns (lower-cased names).
 #[derive(Debug, Clone)]
@@ -260,11 +239,9 @@ fn push_client_setting(
     {
         return Err(ContextError::Protected(name));
     }
-    if name.eq_ignore_ascii_case("client_encoding") {
-        let v = value.to_ascii_lowercase().replace(['-', '_'], "");
-        if UNSAFE_ENCODINGS.iter().any(|e| e.replace('_', "") == v) {
-            return Err(ContextError::UnsafeEncoding(value));
-        }
+    // One table for every way of naming an encoding (crate::encoding).
+    if name.eq_ignore_ascii_case("client_encoding") && crate::encoding::allowed(&value).is_err() {
+        return Err(ContextError::UnsafeEncoding(value));
     }
     settings.push((name, value));
     Ok(())

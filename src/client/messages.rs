@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use super::Pinned;
 use super::Session;
 use crate::config::{PoolMode, SessionFeatures};
+use crate::encoding::Reading;
 use crate::error::ClientError;
 use crate::inspect::{Effect, Verdict};
 use crate::metrics::Metrics;
@@ -194,8 +195,12 @@ impl Session<'_> {
             },
         };
         // A cache hit: the text was analysed when it was parsed.
-        let (_, analysis) = self.state.inspector.inspect_message(fe::PARSE, parse);
-        if analysis.is_some_and(|a| !a.clean) {
+        let reading = Reading::Known(self.encoding.current()); // encoding
+        let (_, analysis) = self
+            .state
+            .inspector
+            .inspect_message(fe::PARSE, parse, &reading);
+        if analysis.is_none_or(|a| !a.clean) {
             self.mark_dirty();
         }
     }
@@ -322,12 +327,16 @@ impl Session<'_> {
     /// Runs the guard on a Query/Parse, scopes its notification channels to the tenant,
     /// records session effects (transaction mode, outside a transaction).
     fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Checked {
-        let (verdict, analysis) = self
-            .state
-            .inspector
-            .inspect_message(tag, &self.cbuf[start..end]);
+        let reading = self.encoding.reading(self.pipeline.is_empty(), self.tx); // encoding
+        let (verdict, analysis) =
+            self.state
+                .inspector
+                .inspect_message(tag, &self.cbuf[start..end], &reading);
         if let Verdict::Refuse { code, message } = verdict {
             return Checked::Replace(self.refusal_message(tag, start, end, code, message));
+        }
+        if let Some(a) = &analysis {
+            self.encoding.on_statement(tag, &a.encoding); // encoding
         }
         if analysis.as_ref().is_some_and(|a| !a.clean) {
             self.mark_dirty();
@@ -383,7 +392,7 @@ impl Session<'_> {
         rewritten: Option<BytesMut>,
     ) -> Result<Option<BytesMut>, crate::channels::Refusal> {
         let msg: &[u8] = rewritten.as_deref().unwrap_or(&self.cbuf[start..end]);
-        let Some(sql) = crate::inspect::sql_of(tag, msg) else {
+        let Some(sql) = crate::inspect::sql_of(tag, msg, self.encoding.current()) else {
             return Ok(rewritten);
         };
         if !crate::backend_calls::mentioned(&sql.text) {
@@ -429,7 +438,7 @@ impl Session<'_> {
             return Ok(None);
         };
         let msg = &self.cbuf[start..end];
-        let Some(sql) = crate::inspect::sql_of(tag, msg) else {
+        let Some(sql) = crate::inspect::sql_of(tag, msg, self.encoding.current()) else {
             return Ok(None);
         };
         if !sql.utf8 {
@@ -499,8 +508,8 @@ impl Session<'_> {
         Metrics::inc(&self.state.metrics.guard_refusals);
         // Logged with the statement's fingerprint, never its text or values.
         let msg = &self.cbuf[start..end];
-        let fingerprint =
-            crate::inspect::sql_of(msg[0], msg).and_then(|s| crate::guard::fingerprint(&s.text));
+        let fingerprint = crate::inspect::sql_of(msg[0], msg, self.encoding.current())
+            .and_then(|s| crate::guard::fingerprint(&s.text));
         tracing::info!(
             sqlstate = code,
             reason = %message,

@@ -78,6 +78,15 @@ impl Session<'_> {
             if let Some(why) = self.pipeline.desync() {
                 return Err(super::desync_error(why));
             }
+            if let Some((n, v)) = (tag == be::PARAMETER_STATUS)
+                .then(|| protocol::parse_parameter_status(msg))
+                .flatten()
+            {
+                // encoding: a change rlsgate did not expect ends the session.
+                let proxy = !matches!(disposition, Disposition::Forward);
+                (self.encoding.on_parameter_status(n, v, proxy))
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            }
             for failed in self.pipeline.take_failed_parses() {
                 // As directly: a statement whose Parse failed or was skipped does not exist.
                 statements.remove(&failed.server);

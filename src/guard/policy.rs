@@ -23,30 +23,6 @@ pub(crate) const DENIED_FUNCTIONS: [&str; 7] = [
     "pg_stat_get_backend_activity_start",
 ];
 
-/// Client-only encodings whose multi-byte characters may end in an ASCII byte such as `\`
-/// or `'`: with one of them as `client_encoding` the server would split a statement
-/// differently from the guard, which parses UTF-8 (the classic CVE-2006-2313 shape).
-/// Names are in PostgreSQL's normalised form (lower case, letters and digits only).
-const UNSAFE_CLIENT_ENCODINGS: [&str; 17] = [
-    "sjis",
-    "shiftjis",
-    "mskanji",
-    "win932",
-    "windows932",
-    "shiftjis2004",
-    "big5",
-    "win950",
-    "windows950",
-    "gbk",
-    "win936",
-    "windows936",
-    "gb18030",
-    "uhc",
-    "win949",
-    "windows949",
-    "johab",
-];
-
 /// What a text heuristic found.
 pub(super) enum Mention {
     /// An owned setting, a role setting, or `set_config`.
@@ -138,14 +114,9 @@ pub(super) fn is_role_setting(name: &str) -> bool {
 }
 
 /// Whether switching `client_encoding` to `value` would let the server see a different
-/// statement than the guard does.
+/// statement than the guard does: any name not in `crate::encoding`'s table as allowed.
 pub(super) fn is_unsafe_encoding(value: &str) -> bool {
-    let normal: String = value
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    UNSAFE_CLIENT_ENCODINGS.contains(&normal.as_str())
+    crate::encoding::allowed(value).is_err()
 }
 
 /// Lower case, without double quotes and blanks.

@@ -52,7 +52,12 @@ const HOSTILE: &[(&str, Rule)] = &[
     ("BEGIN; SET LOCAL app.current_tenant = 'b'; SELECT * FROM orders; COMMIT", ProtectedSetting),
     ("SET app.user_id = '7'", ProtectedSetting),
     ("SET request.jwt.claims = '{\"tenant\":\"b\"}'", ProtectedSetting),
-    ("SET client_encoding = 'SJIS'", ProtectedSetting),
+    ("SET client_encoding = 'SHIFT_JIS_2004'", ProtectedSetting),
+    ("SET client_encoding = 'Shift-JIS-2004'", ProtectedSetting),
+    ("SET client_encoding = 'JOHAB'", ProtectedSetting),
+    ("SET client_encoding = 'no such encoding'", ProtectedSetting),
+    ("SELECT set_config('client_encoding', 'big-5.', false)", ProtectedSetting),
+    ("SELECT set_config('client_encoding', 'GB18030', true)", ProtectedSetting),
     ("SET NAMES 'BIG5'", ProtectedSetting),
     // A backslash hides the SET from a reader with standard_conforming_strings on.
     ("SELECT 'a\\' -- '; SET app.current_tenant = 'B'; --'", ProtectedSetting),

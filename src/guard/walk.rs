@@ -215,14 +215,17 @@ impl<'p> Walker<'p> {
     }
 
     fn client_encoding(&self, value: Option<&Value>) -> Result<(), Finding> {
+        // Only a constant naming an allowed encoding: the session predicts the change
+        // from the constants of the statement (crate::encoding::changes_of).
         match value.map(classify) {
             Some(Arg::Text(encoding)) if policy::is_unsafe_encoding(&encoding) => {}
-            Some(Arg::Text(_) | Arg::OtherConstant) | None => return Ok(()),
-            Some(Arg::Dynamic) => {}
+            Some(Arg::Text(_)) | None => return Ok(()),
+            Some(Arg::OtherConstant | Arg::Dynamic) => {}
         }
         Err(self.refuse(
             Rule::ProtectedSetting,
-            "changing client_encoding to an encoding that can hide quotes is not allowed",
+            "changing client_encoding to an encoding that can hide quotes (or to a value that \
+             is not a constant encoding name) is not allowed; use UTF8",
         ))
     }
 
