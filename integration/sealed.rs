@@ -31,10 +31,7 @@ fn leaked_seal(env: &Env, tenant: &str, pid: i32, seq: i64) -> String {
 
 /// Asserts that `client` sees no row of globex (an error counts as nothing seen).
 async fn sees_no_globex(client: &Client, what: &str) {
-    if let Ok(rows) = client
-        .query("SELECT tenant_id FROM customers", &[])
-        .await
-    {
+    if let Ok(rows) = client.query("SELECT tenant_id FROM customers", &[]).await {
         let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         assert!(
             tenants.iter().all(|t| t == "acme"),
@@ -78,7 +75,11 @@ const ATTACKS: &[&[&str]] = &[
     ],
     &["SELECT rlsgate.enter('globex', {seq}, '{seal}')"],
     &["SELECT rlsgate.enter('globex', 1, '{old_seal}')"],
-    &["SET ROLE app_owner", "SET ROLE postgres", "SET SESSION AUTHORIZATION postgres"],
+    &[
+        "SET ROLE app_owner",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+    ],
     &["SELECT * FROM rlsgate.seal_key"],
     &[
         "SELECT rlsgate.set_seal_secret('attacker-chosen-secret-0123')",
@@ -139,6 +140,13 @@ async fn battery(mode: PoolMode) {
                         format!("globex:{pid}:{seq}").as_bytes(),
                     ),
                 );
+            // In one Query with the probe (same transaction, same server), then alone.
+            let probe = format!("{sql}; SELECT 'probe', tenant_id FROM customers");
+            if let Ok(msgs) = attacker.simple_query(&probe).await {
+                let seen = crate::harness::rows(&msgs);
+                let seen: Vec<_> = seen.iter().filter(|r| r[0] == "probe").collect();
+                assert!(seen.iter().all(|r| r[1] == "acme"), "{what}: {seen:?}");
+            }
             let _ = attacker.simple_query(&sql).await;
             sees_no_globex(&attacker, &what).await;
         }
@@ -253,4 +261,47 @@ async fn the_demo_is_sealed_by_default() {
         .get(0);
     assert_eq!(t.as_deref(), Some("globex"));
     assert_eq!(visible_customers(&c).await.len(), GLOBEX_ROWS);
+}
+
+/// The verified tenant survives the client's own `RESET ALL`/`DISCARD ALL` (it lives in
+/// `rlsgate.backend_context`), even in the same Query, and re-applying the settings
+/// inside the client's transaction neither commits nor breaks it. A read-only session
+/// default (pgJDBC's `setReadOnly`) does not stop the context from being applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_survives_client_resets_and_read_only_defaults() {
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let env = guard_off(mode, 1).await;
+        let c = env.connect("acme").await;
+        c.batch_execute("BEGIN; INSERT INTO customers (name) VALUES ('in tx')")
+            .await
+            .unwrap();
+        let msgs = c
+            .simple_query("RESET ALL; SELECT count(*) FROM customers")
+            .await
+            .unwrap();
+        assert_eq!(crate::harness::rows(&msgs), [["4"]], "{mode:?}");
+        c.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(visible_customers(&c).await.len(), ACME_ROWS, "{mode:?}");
+        c.batch_execute("DISCARD ALL").await.unwrap();
+        assert_eq!(visible_customers(&c).await.len(), ACME_ROWS, "{mode:?}");
+        c.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .await
+            .unwrap();
+        drop(c);
+        let ro = env.connect("acme").await;
+        ro.batch_execute("SET default_transaction_read_only = on")
+            .await
+            .unwrap();
+        assert_eq!(visible_customers(&ro).await.len(), ACME_ROWS, "{mode:?}");
+        // Another tenant takes the server over (transaction mode: while `ro` is idle).
+        let ro = (mode == PoolMode::Transaction).then_some(ro);
+        let g = env.connect("globex").await;
+        g.batch_execute("SET default_transaction_read_only = on")
+            .await
+            .unwrap();
+        assert_eq!(visible_customers(&g).await.len(), GLOBEX_ROWS, "{mode:?}");
+        if let Some(ro) = ro {
+            assert_eq!(visible_customers(&ro).await.len(), ACME_ROWS, "{mode:?}");
+        }
+    }
 }

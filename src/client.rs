@@ -426,8 +426,7 @@ impl Session<'_> {
                 self.reapply_after_sync = false;
                 self.queue(pos);
                 pos = 0;
-                let pid = self.server.as_ref().map_or(0, |s| s.pid());
-                self.ctx.encode(&mut self.to_server, pid);
+                self.ctx.encode_reapply(&mut self.to_server);
                 self.pipeline.proxy(false);
                 // The context's own unnamed Parse replaced the client's.
                 self.unnamed_here = false;

@@ -151,8 +151,14 @@ fn demo_sql_enforces_tenant_isolation() {
     .unwrap();
     let rls = |sql: &str| pg.psql_as("app", "app_rls", Some("app_rls_pw"), sql);
     let count = "select count(*) from customers";
-    assert_eq!(rls(&format!("select enter('acme'); {count}")).unwrap(), "\n3");
-    assert_eq!(rls(&format!("select enter('globex'); {count}")).unwrap(), "\n2");
+    assert_eq!(
+        rls(&format!("select enter('acme'); {count}")).unwrap(),
+        "\n3"
+    );
+    assert_eq!(
+        rls(&format!("select enter('globex'); {count}")).unwrap(),
+        "\n2"
+    );
     assert_eq!(rls(count).unwrap(), "0");
     // The bare setting is not trusted: no rows for it alone, none for a forged one.
     assert_eq!(

@@ -168,15 +168,24 @@ impl SessionContext {
     }
 
     /// Appends Parse/Bind/Execute/Sync running `SELECT set_config($1,$2,false), ...` for
-    /// every setting (and `rlsgate.enter` when sealed) on the backend `pid`. The
-    /// statement text holds only placeholders, so values are not visible in
-    /// `pg_stat_activity.query` of other sessions.
+    /// every setting (and `rlsgate.enter` when sealed) on the backend `pid`, which must
+    /// be outside a transaction (a server just checked out). The statement text holds
+    /// only placeholders, so values are not visible in `pg_stat_activity.query` of
+    /// other sessions.
     pub fn encode(&self, buf: &mut BytesMut, pid: i32) {
         encode_settings(buf, &self.settings, self.enter_args(pid).as_ref());
     }
 
+    /// Appends the bound `set_config` statement for every setting, without
+    /// `rlsgate.enter`: the re-application after the client's `RESET ALL`/`DISCARD
+    /// ALL`, which may come inside the client's transaction. The tenant the database
+    /// verified lives in `rlsgate.backend_context`, which neither of them touches.
+    pub fn encode_reapply(&self, buf: &mut BytesMut) {
+        encode_settings(buf, &self.settings, None);
+    }
+
     /// Appends the bound `set_config` statement for the tenant settings alone (with
-    /// `rlsgate.enter` when sealed) on the backend `pid`.
+    /// `rlsgate.enter` when sealed) on the backend `pid`, outside a transaction.
     pub fn encode_tenant(&self, buf: &mut BytesMut, pid: i32) {
         encode_settings(buf, self.tenant_settings(), self.enter_args(pid).as_ref());
     }
@@ -250,11 +259,10 @@ fn hash<T: std::hash::Hash>(value: &T) -> u64 {
 
 /// `SELECT pg_catalog.set_config($1, $2, false), ...[, rlsgate.enter($n, $n+1, $n+2)]`.
 /// A failing `enter` fails the whole statement, so no setting of it stays either.
-fn encode_settings(
-    buf: &mut BytesMut,
-    settings: &[(String, String)],
-    enter: Option<&[String; 3]>,
-) {
+/// Sealed, the statement runs in `BEGIN READ WRITE` ... `COMMIT` (one Sync): `enter`
+/// writes `rlsgate.backend_context`, which a client's `default_transaction_read_only`
+/// (pgJDBC's `setReadOnly`) would otherwise forbid.
+fn encode_settings(buf: &mut BytesMut, settings: &[(String, String)], enter: Option<&[String; 3]>) {
     let mut sql = String::from("SELECT ");
     let mut params: Vec<&str> = Vec::with_capacity(settings.len() * 2 + 3);
     for (i, (name, value)) in settings.iter().enumerate() {
@@ -279,7 +287,14 @@ fn encode_settings(
         ));
         params.extend(args.iter().map(String::as_str));
     }
-    protocol::put_bound_query(buf, &sql, &params);
+    if enter.is_none() {
+        protocol::put_bound_query(buf, &sql, &params);
+        return;
+    }
+    protocol::put_bound_statement(buf, "BEGIN READ WRITE", &[]);
+    protocol::put_bound_statement(buf, &sql, &params);
+    protocol::put_bound_statement(buf, "COMMIT", &[]);
+    protocol::put_sync(buf);
 }
 
 fn push_client_setting(

@@ -51,7 +51,11 @@ impl Sealer {
     /// context on the backend `pid`. Every call takes a fresh `seq`.
     pub fn enter_args(&self, tenant: &str, pid: i32) -> [String; 3] {
         let seq = self.next_seq();
-        [tenant.to_owned(), seq.to_string(), self.seal(tenant, pid, seq)]
+        [
+            tenant.to_owned(),
+            seq.to_string(),
+            self.seal(tenant, pid, seq),
+        ]
     }
 }
 
@@ -126,6 +130,10 @@ mod tests {
         let [t, seq, seal] = s.enter_args("acme", 42);
         assert_eq!(t, "acme");
         assert_eq!(seal, s.seal("acme", 42, seq.parse().unwrap()));
-        assert_ne!(s.enter_args("acme", 42)[1], seq, "every application takes a new seq");
+        assert_ne!(
+            s.enter_args("acme", 42)[1],
+            seq,
+            "every application takes a new seq"
+        );
     }
 }
