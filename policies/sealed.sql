@@ -1,73 +1,81 @@
 -- rlsgate sealed tenant context: the database does not trust a bare setting.
 --
 -- What rlsgate sends. Each time rlsgate applies the tenant context on a server
--- connection it takes the next value `seq` of a per-process counter and runs, in one
--- bound statement (values never in the SQL text, so never in pg_stat_activity):
+-- connection (at checkout in session mode, on every tenant switch in transaction mode)
+-- it takes the next value `seq` of a per-process counter and runs, through bound
+-- parameters (values never in the SQL text, so never in pg_stat_activity), one
+-- statement in its own READ WRITE transaction:
 --
 --     SELECT pg_catalog.set_config('app.current_tenant', $tenant, false), ...,
 --            rlsgate.enter($tenant, $seq, $seal)
 --     seal = hex(HMAC-SHA256(secret, tenant || ':' || backend_pid || ':' || seq))
 --
 -- backend_pid is the server's pid from its BackendKeyData. seq starts from the wall
--- clock in microseconds and is max(previous + 1, now) afterwards, so it grows within one
--- proxy process and a restarted (or another) proxy with a sane clock never issues a
--- value below one already used.
+-- clock in microseconds and is max(previous + 1, now) afterwards: it grows within one
+-- proxy process, and a restarted (or another) proxy with a sane clock starts above
+-- every value already used.
 --
 -- What the database checks. rlsgate.enter (SECURITY DEFINER, owned by the installing
--- superuser) recomputes the HMAC with pg_backend_pid(), requires seq to be strictly
--- greater than the last one it accepted on this backend, and records (tenant, seq) in a
--- TEMP table it creates itself: pg_temp.rlsgate_context, owned by the definer, so the
--- app role can neither read, write nor drop it. A seal that does not verify raises an
--- error; rlsgate treats a failed context as fatal and closes the session.
--- rlsgate.tenant() returns the recorded tenant or NULL, never the bare setting.
--- Policies are written as
+-- superuser) recomputes the HMAC with pg_backend_pid(), and records (tenant, seq) for
+-- this pid in rlsgate.backend_context only if seq is greater than the seq recorded
+-- there before; otherwise it raises an error (SQLSTATE 28000), and rlsgate treats a
+-- failed context as fatal: it closes the session. rlsgate.tenant() returns the recorded
+-- tenant of this backend, or NULL -- never the bare setting. Policies are written as
 --
 --     USING (tenant_id = (SELECT rlsgate.tenant()))
 --
 -- (`(SELECT ...)` is an InitPlan: one call per statement, not one per row).
 --
 -- Why a seal cannot be replayed. A seal is bound to one backend (pid) and one moment
--- (seq): captured from a log or by a trigger, it verifies only on the backend it was
--- made for, and only there before any later seal was accepted -- and rlsgate sends a
--- later one before any client statement runs on that backend again. A client that can
--- set any setting it likes (a guard bug) gets nothing from it: app.current_tenant and
--- any `rlsgate.*` setting are ignored by rlsgate.tenant(); calling rlsgate.enter needs
--- a fresh HMAC, so the secret. Wiping the state (DISCARD TEMP/ALL, which drop the
--- temp table) leaves NULL: no rows, until rlsgate re-applies the context, which it
--- does after the client's own DISCARD/RESET ALL and after every server reset
--- (tenant::SWITCH_RESET ends with DISCARD TEMP).
+-- (seq). Captured from a log, a trigger or a column default, it does not verify on any
+-- other backend, and on its own backend it is below the floor: rlsgate enters a newer
+-- one before any statement of the next client runs there, and the floor lives in a
+-- table the app role cannot write, so neither DISCARD ALL/TEMP, RESET ALL nor a
+-- reconnect lowers it. A client that can set any setting it likes (a guard bug) gains
+-- nothing: rlsgate.tenant() ignores app.current_tenant and every `rlsgate.*` setting,
+-- and a new valid seal needs the secret.
 --
--- Hardening of the functions: `SET search_path = pg_catalog, pg_temp` and every name
--- qualified; a same-named temp relation the app role created first (before the first
--- rlsgate.enter, or after a DISCARD TEMP) is not trusted: rlsgate.tenant() checks
--- owner and kind, rlsgate.enter drops it and makes its own. Functions are never looked
--- up in pg_temp, so a temp `pg_backend_pid()` or `sha256()` shadows nothing. The HMAC
--- is computed with the built-in sha256() from key pads stored by set_seal_secret (no
--- pgcrypto, so no extension schema to shadow); verification compares hashes of the two
--- seals, so its timing says nothing about the expected value.
+-- Why a table keyed by pid rather than a TEMP table (the first design). A temp table is
+-- dropped by DISCARD TEMP, and with it the floor: after `DISCARD TEMP` a captured older
+-- seal of the same backend would verify again. Creating one costs catalog writes and
+-- a WAL flush at every session start and every server reset. backend_context is
+-- UNLOGGED (no WAL; emptied by crash recovery, when every backend is new anyway) and
+-- written with one HOT update per application.
+--
+-- Hardening: `SET search_path = pg_catalog, pg_temp` and every name qualified (functions
+-- are never looked up in pg_temp, so a temp `pg_backend_pid()` or `sha256()` shadows
+-- nothing, and no relation is read unqualified). The HMAC is computed with the
+-- built-in sha256() from key pads stored by set_seal_secret -- no pgcrypto, so no
+-- extension schema to shadow. Verification compares hashes of the two seals, so its
+-- timing says nothing about the expected value. The app role has no privilege on
+-- rlsgate.seal_key, rlsgate.backend_context or rlsgate.set_seal_secret().
 --
 -- Limits:
 --   * Only the tenant is sealed. Other mapped claims (`[tenant.claims]`, e.g.
 --     app.user_id) are bare settings that a guard bug could change: policies that must
---     hold against that should use rlsgate.tenant() only.
+--     hold against that should rely on rlsgate.tenant() only.
+--   * A backend that reuses the pid of a dead rlsgate backend, and comes from the same
+--     client address and port, would see that backend's tenant until rlsgate enters on
+--     it. rlsgate always enters before a client's first statement, so only connections
+--     that bypass rlsgate with the app role's own password could meet this.
 --   * rlsgate must talk to PostgreSQL itself: behind another pooler (PgBouncer in
---     transaction mode) pg_backend_pid() is not the pid rlsgate was given and every
---     context fails (closed, not open).
---   * Several proxies in front of one database rely on roughly synchronised clocks: a
---     seal for pid P captured from proxy A could verify on a later backend that reuses
---     pid P, opened by proxy B, only if B's counter were still below A's old seq. That
---     needs B's clock to lag A's by more than the time it took the OS to reuse the pid.
---   * The secret is as good as its storage: superusers (and the owner of this schema)
---     can read rlsgate.seal_key. The app role must not be either.
---   * The function owner must be a superuser (or at least able to drop temp tables the
---     app role created); install as one.
+--     transaction mode) pg_backend_pid() is not the pid rlsgate was given, and every
+--     context fails (closed, not open). A hot standby cannot record anything: the
+--     sealed context needs a primary (use `[tenant] sealed = false` for replicas,
+--     with policies on the bare setting there).
+--   * Several proxies in front of one database rely on roughly synchronised clocks
+--     only for the floor of a pid that a dead backend of another proxy used: a seq
+--     below it is refused, so a proxy whose clock lags far behind fails closed.
+--   * The secret is as good as its storage: superusers (and the owner of the rlsgate
+--     schema) can read rlsgate.seal_key. The app role must be neither.
 --
 -- Install (as a superuser, into each application database), then store the secret:
 --
 --     psql -d app -f policies/sealed.sql
 --     psql -d app -c "SELECT rlsgate.set_seal_secret('<same secret as [tenant] seal_secret_*>')"
 --
--- Re-running it is safe, and upgrades the earlier (setting-based, pgcrypto) version.
+-- Re-running it is safe, and upgrades the earlier setting-based (pgcrypto) version in
+-- place: policies on rlsgate.tenant() keep working.
 
 BEGIN;
 SET LOCAL client_min_messages = warning;
