@@ -34,11 +34,14 @@ impl Env {
     }
 
     /// Environment with a modified config (`c.upstream`, `c.pool`, ... are the demo's).
+    /// The tenant context is sealed (the demo's policies are on `rlsgate.tenant()`);
+    /// the seal secret `modify` leaves in the config is stored in the database.
     pub async fn with(modify: impl FnOnce(&mut Config)) -> Env {
         Env::build(DEMO_SQL, modify).await
     }
 
     /// A fresh PostgreSQL with database `app` holding `schema_sql`, and the proxy.
+    /// When the config is sealed, `schema_sql` must install policies/sealed.sql.
     async fn build(schema_sql: &str, modify: impl FnOnce(&mut Config)) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -61,6 +64,7 @@ impl Env {
         config.listen.shutdown_timeout = Duration::from_secs(2);
         modify(&mut config);
         config.validate().expect("test config is valid");
+        rlsgate::demo::store_seal_secret(&pg, &config).expect("store the seal secret");
         let proxy = Server::bind(config.clone())
             .await
             .expect("bind proxy")
@@ -77,8 +81,9 @@ impl Env {
     /// Like [`Env::start`], but database `app` gets `schema_sql` (run as superuser)
     /// instead of the demo schema. The proxy logs in as `app_rls` with password
     /// `app_rls_pw`, so `schema_sql` should create that role for clients to get through.
+    /// Not sealed: `schema_sql` need not install policies/sealed.sql.
     pub async fn with_schema(schema_sql: &str) -> Env {
-        Env::build(schema_sql, |_| {}).await
+        Env::build(schema_sql, |c| c.tenant.sealed = Some(false)).await
     }
 
     pub fn port(&self) -> u16 {

@@ -26,6 +26,7 @@ mod pool;
 mod protocol;
 mod psql;
 mod restart;
+mod sealed;
 mod security;
 mod session;
 mod tls;

@@ -1,9 +1,12 @@
 -- rlsgate demo schema: a small multi-tenant database protected by row-level security.
 --
 -- Used by `rlsgate demo` and the integration tests. Run it as a superuser into the
--- database `app` (create that first):
+-- database `app` (create that first), after policies/sealed.sql, then store the seal
+-- secret that rlsgate has in `[tenant] seal_secret_file`:
 --
---     createdb app && psql -v ON_ERROR_STOP=1 -d app -f policies/demo.sql
+--     createdb app && psql -v ON_ERROR_STOP=1 -d app \
+--         -f policies/sealed.sql -f policies/demo.sql \
+--         -c "SELECT rlsgate.set_seal_secret('<seal secret>')"
 --
 -- Re-running it is safe: roles are created only if missing (their passwords and
 -- attributes are reset), and the demo tables are dropped and re-seeded.
@@ -17,14 +20,19 @@
 --   * rlsgate connects upstream as an ordinary role (here `app_rls`): LOGIN, NOSUPERUSER,
 --     NOBYPASSRLS, and it does not own the tables. If it could bypass RLS, the tenant
 --     setting would filter nothing.
---   * Policies compare the tenant column with current_setting('app.current_tenant', true).
---     The `true` (missing_ok) makes an unset setting return NULL, so a session that never
---     got a tenant sees no rows at all instead of failing with an error. rlsgate sets the
---     value with set_config() on every pooled connection before the client's statements.
---   * A setting that was set and then RESET reads as '' rather than NULL; the CHECK
---     constraints below forbid an empty tenant_id, so '' also matches no row.
---   * The column DEFAULT uses current_setting() *without* missing_ok: an INSERT that does
---     not name the tenant takes it from the session, and fails loudly if there is none.
+--   * Policies compare the tenant column with (SELECT rlsgate.tenant()): the tenant the
+--     database itself verified (policies/sealed.sql), not the bare app.current_tenant
+--     setting, which any SQL that gets past rlsgate's statement guard could change.
+--     rlsgate.tenant() is NULL in a session rlsgate did not enter, so such a session
+--     sees no rows at all. `(SELECT ...)` evaluates it once per statement.
+--   * The CHECK constraints below forbid an empty tenant_id.
+--   * The column DEFAULT reads the bare setting, current_setting('app.current_tenant')
+--     *without* missing_ok: an INSERT that does not name the tenant takes it from the
+--     session, and fails loudly if there is none. The default only fills the column in;
+--     the policy's WITH CHECK, on rlsgate.tenant(), decides whether the row may be
+--     written, so a forged setting gets a policy violation, never a row under another
+--     tenant. (DEFAULT rlsgate.tenant() would be as safe but runs once per row: about
+--     5x the cost of current_setting() per inserted row in COPY and bulk INSERTs.)
 
 BEGIN;
 
@@ -128,15 +136,15 @@ ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE customers FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON customers
     FOR ALL
-    USING (tenant_id = current_setting('app.current_tenant', true))
-    WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
+    USING (tenant_id = (SELECT rlsgate.tenant()))
+    WITH CHECK (tenant_id = (SELECT rlsgate.tenant()));
 
 ALTER TABLE invoices ENABLE ROW LEVEL SECURITY;
 ALTER TABLE invoices FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON invoices
     FOR ALL
-    USING (tenant_id = current_setting('app.current_tenant', true))
-    WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
+    USING (tenant_id = (SELECT rlsgate.tenant()))
+    WITH CHECK (tenant_id = (SELECT rlsgate.tenant()));
 
 -- ---------------------------------------------------------------------------------------
 -- Grants to the app roles. RLS only narrows what these privileges allow.

@@ -1,70 +1,199 @@
 -- rlsgate sealed tenant context: the database does not trust a bare setting.
 --
--- With `[tenant] sealed = true`, rlsgate sets two settings on every pooled connection,
--- through bound parameters (so neither value appears in pg_stat_activity):
+-- What rlsgate sends. Each time rlsgate applies the tenant context on a server
+-- connection (at checkout in session mode, on every tenant switch in transaction mode)
+-- it takes the next value `seq` of a per-process counter and runs, through bound
+-- parameters (values never in the SQL text, so never in pg_stat_activity), one
+-- statement in its own READ WRITE transaction:
 --
---     app.current_tenant = <tenant>
---     rlsgate.seal       = hex(HMAC-SHA256(<seal secret>, <tenant>))
+--     SELECT pg_catalog.set_config('app.current_tenant', $tenant, false), ...,
+--            rlsgate.enter($tenant, $seq, $seal)
+--     seal = hex(HMAC-SHA256(secret, tenant || ':' || backend_pid || ':' || seq))
 --
--- rlsgate.tenant() returns the tenant only when the seal verifies against the secret,
--- which lives in a table that only this function (SECURITY DEFINER, owned by the
--- installing superuser) can read. Anything that changes app.current_tenant without
--- rlsgate -- dynamic SQL in a function the client created, which the statement guard
--- cannot see -- breaks the seal, and rlsgate.tenant() returns NULL: policies written as
+-- backend_pid is the server's pid from its BackendKeyData. seq starts from the wall
+-- clock in microseconds and is max(previous + 1, now) afterwards: it grows within one
+-- proxy process, and a restarted (or another) proxy with a sane clock starts above
+-- every value already used.
+--
+-- What the database checks. rlsgate.enter (SECURITY DEFINER, owned by the installing
+-- superuser) recomputes the HMAC with pg_backend_pid(), and records (tenant, seq) for
+-- this pid in rlsgate.backend_context only if seq is greater than the seq recorded
+-- there before; otherwise it raises an error (SQLSTATE 28000), and rlsgate treats a
+-- failed context as fatal: it closes the session. rlsgate.tenant() returns the recorded
+-- tenant of this backend, or NULL -- never the bare setting. Policies are written as
 --
 --     USING (tenant_id = (SELECT rlsgate.tenant()))
 --
--- then match no row. `(SELECT ...)` makes PostgreSQL evaluate the function once per
--- statement (an InitPlan) rather than once per row.
+-- (`(SELECT ...)` is an InitPlan: one call per statement, not one per row).
+--
+-- Why a seal cannot be replayed. A seal is bound to one backend (pid) and one moment
+-- (seq). Captured from a log, a trigger or a column default, it does not verify on any
+-- other backend, and on its own backend it is below the floor: rlsgate enters a newer
+-- one before any statement of the next client runs there, and the floor lives in a
+-- table the app role cannot write, so neither DISCARD ALL/TEMP, RESET ALL nor a
+-- reconnect lowers it. A client that can set any setting it likes (a guard bug) gains
+-- nothing: rlsgate.tenant() ignores app.current_tenant and every `rlsgate.*` setting,
+-- and a new valid seal needs the secret.
+--
+-- Why a table keyed by pid rather than a TEMP table (the first design). A temp table is
+-- dropped by DISCARD TEMP, and with it the floor: after `DISCARD TEMP` a captured older
+-- seal of the same backend would verify again. Creating one costs catalog writes and
+-- a WAL flush at every session start and every server reset. backend_context is
+-- UNLOGGED (no WAL; emptied by crash recovery, when every backend is new anyway) and
+-- written with one HOT update per application.
+--
+-- Hardening: `SET search_path = pg_catalog, pg_temp` and every name qualified (functions
+-- are never looked up in pg_temp, so a temp `pg_backend_pid()` or `sha256()` shadows
+-- nothing, and no relation is read unqualified). The HMAC is computed with the
+-- built-in sha256() from key pads stored by set_seal_secret -- no pgcrypto, so no
+-- extension schema to shadow. Verification compares hashes of the two seals, so its
+-- timing says nothing about the expected value. The app role has no privilege on
+-- rlsgate.seal_key, rlsgate.backend_context or rlsgate.set_seal_secret().
+--
+-- Limits:
+--   * Only the tenant is sealed. Other mapped claims (`[tenant.claims]`, e.g.
+--     app.user_id) are bare settings that a guard bug could change: policies that must
+--     hold against that should rely on rlsgate.tenant() only.
+--   * A backend that reuses the pid of a dead rlsgate backend, and comes from the same
+--     client address and port, would see that backend's tenant until rlsgate enters on
+--     it. rlsgate always enters before a client's first statement, so only connections
+--     that bypass rlsgate with the app role's own password could meet this.
+--   * rlsgate must talk to PostgreSQL itself: behind another pooler (PgBouncer in
+--     transaction mode) pg_backend_pid() is not the pid rlsgate was given, and every
+--     context fails (closed, not open). A hot standby cannot record anything: the
+--     sealed context needs a primary (use `[tenant] sealed = false` for replicas,
+--     with policies on the bare setting there).
+--   * Several proxies in front of one database rely on roughly synchronised clocks
+--     only for the floor of a pid that a dead backend of another proxy used: a seq
+--     below it is refused, so a proxy whose clock lags far behind fails closed.
+--   * The secret is as good as its storage: superusers (and the owner of the rlsgate
+--     schema) can read rlsgate.seal_key. The app role must be neither.
 --
 -- Install (as a superuser, into each application database), then store the secret:
 --
 --     psql -d app -f policies/sealed.sql
---     psql -d app -c "SELECT rlsgate.set_seal_secret('<same secret as RLSGATE seal_secret>')"
+--     psql -d app -c "SELECT rlsgate.set_seal_secret('<same secret as [tenant] seal_secret_*>')"
 --
--- Requires the pgcrypto extension (package postgresql-contrib).
+-- Re-running it is safe, and upgrades the earlier setting-based (pgcrypto) version in
+-- place: policies on rlsgate.tenant() keep working.
 
 BEGIN;
+SET LOCAL client_min_messages = warning;
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
 CREATE SCHEMA IF NOT EXISTS rlsgate;
 REVOKE ALL ON SCHEMA rlsgate FROM PUBLIC;
 GRANT USAGE ON SCHEMA rlsgate TO PUBLIC;
 
--- The shared secret. No grants: only the owner (and so the SECURITY DEFINER
--- functions below) can read it.
+-- The shared secret and its HMAC pads (key XOR 0x36.., key XOR 0x5c..). No grants:
+-- only the owner (and so the SECURITY DEFINER functions below) can read it.
 CREATE TABLE IF NOT EXISTS rlsgate.seal_key (
     id     boolean PRIMARY KEY DEFAULT true CHECK (id),
     secret bytea NOT NULL
 );
+ALTER TABLE rlsgate.seal_key ADD COLUMN IF NOT EXISTS ipad bytea,
+                             ADD COLUMN IF NOT EXISTS opad bytea;
 REVOKE ALL ON rlsgate.seal_key FROM PUBLIC;
+
+-- HMAC-SHA256 inner and outer pads of `key` (RFC 2104: keys over 64 bytes are hashed).
+CREATE OR REPLACE FUNCTION rlsgate.hmac_pads(key bytea, OUT ipad bytea, OUT opad bytea)
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k bytea := key;
+BEGIN
+    IF pg_catalog.length(k) > 64 THEN
+        k := pg_catalog.sha256(k);
+    END IF;
+    k := k || pg_catalog.decode(pg_catalog.repeat('00', 64 - pg_catalog.length(k)), 'hex');
+    ipad := k;
+    opad := k;
+    FOR i IN 0..63 LOOP
+        ipad := pg_catalog.set_byte(ipad, i, pg_catalog.get_byte(k, i) # 54);
+        opad := pg_catalog.set_byte(opad, i, pg_catalog.get_byte(k, i) # 92);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION rlsgate.hmac_pads(bytea) FROM PUBLIC;
+
+-- Pads for a secret stored by an earlier version of this file.
+UPDATE rlsgate.seal_key k
+SET (ipad, opad) = (SELECT p.ipad, p.opad FROM rlsgate.hmac_pads(k.secret) p)
+WHERE k.ipad IS NULL OR k.opad IS NULL;
 
 CREATE OR REPLACE FUNCTION rlsgate.set_seal_secret(secret text) RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO rlsgate.seal_key (id, secret) VALUES (true, convert_to(secret, 'UTF8'))
-    ON CONFLICT (id) DO UPDATE SET secret = EXCLUDED.secret;
+    INSERT INTO rlsgate.seal_key (id, secret, ipad, opad)
+    SELECT true, pg_catalog.convert_to(secret, 'UTF8'), p.ipad, p.opad
+    FROM rlsgate.hmac_pads(pg_catalog.convert_to(secret, 'UTF8')) p
+    ON CONFLICT (id) DO UPDATE
+        SET secret = EXCLUDED.secret, ipad = EXCLUDED.ipad, opad = EXCLUDED.opad;
 $$;
 REVOKE ALL ON FUNCTION rlsgate.set_seal_secret(text) FROM PUBLIC;
 
--- The verified tenant, or NULL. STABLE: same result within a statement.
+-- What each backend holds: the tenant of the last seal it accepted, and that seal's seq
+-- (the floor the next one must exceed). UNLOGGED: no WAL, emptied after a crash (when
+-- every backend is new anyway). No grants: only the functions below read or write it.
+-- Keyed by pid, so it outlives DISCARD and the floor holds across backends that reuse
+-- a pid; client_addr/client_port tell a later backend with the same pid from the one
+-- that entered.
+CREATE UNLOGGED TABLE IF NOT EXISTS rlsgate.backend_context (
+    pid         integer PRIMARY KEY,
+    client_addr inet,
+    client_port integer,
+    tenant      text NOT NULL,
+    seq         bigint NOT NULL
+);
+REVOKE ALL ON rlsgate.backend_context FROM PUBLIC;
+
+-- Verifies a seal made by rlsgate for this backend and records the tenant.
+CREATE OR REPLACE FUNCTION rlsgate.enter(tenant text, seq bigint, seal text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ipad bytea;
+    opad bytea;
+    want bytea;
+BEGIN
+    SELECT s.ipad, s.opad INTO ipad, opad FROM rlsgate.seal_key s;
+    IF ipad IS NULL OR opad IS NULL THEN
+        RAISE EXCEPTION 'rlsgate: no seal secret in this database'
+            USING ERRCODE = '28000',
+                  HINT = 'run SELECT rlsgate.set_seal_secret(''...'') as a superuser';
+    END IF;
+    want := pg_catalog.sha256(opad || pg_catalog.sha256(ipad || pg_catalog.convert_to(
+        tenant || ':' || pg_catalog.pg_backend_pid() || ':' || seq, 'UTF8')));
+    -- Compares hashes: the time it takes says nothing about the expected seal.
+    IF seal IS NULL OR pg_catalog.sha256(pg_catalog.convert_to(seal, 'UTF8'))
+        IS DISTINCT FROM pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(want, 'hex'), 'UTF8'))
+    THEN
+        RAISE EXCEPTION 'rlsgate: tenant seal does not verify' USING ERRCODE = '28000';
+    END IF;
+    INSERT INTO rlsgate.backend_context AS c (pid, client_addr, client_port, tenant, seq)
+    VALUES (pg_catalog.pg_backend_pid(), pg_catalog.inet_client_addr(),
+            pg_catalog.inet_client_port(), enter.tenant, enter.seq)
+    ON CONFLICT (pid) DO UPDATE
+        SET client_addr = EXCLUDED.client_addr, client_port = EXCLUDED.client_port,
+            tenant = EXCLUDED.tenant, seq = EXCLUDED.seq
+        WHERE c.seq < EXCLUDED.seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rlsgate: tenant seal is stale (replayed)' USING ERRCODE = '28000';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION rlsgate.enter(text, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rlsgate.enter(text, bigint, text) TO PUBLIC;
+
+-- The tenant recorded by the last verified rlsgate.enter on this backend, or NULL.
+-- STABLE: same result within a statement. PL/pgSQL rather than SQL: it keeps its plan
+-- for the session (a non-inlinable SQL function is planned on every call, ~2x slower).
 CREATE OR REPLACE FUNCTION rlsgate.tenant() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t    text := current_setting('app.current_tenant', true);
-    seal text := current_setting('rlsgate.seal', true);
-    key  bytea;
+    t text;
 BEGIN
-    IF t IS NULL OR t = '' OR seal IS NULL OR seal = '' THEN
-        RETURN NULL;
-    END IF;
-    SELECT k.secret INTO key FROM rlsgate.seal_key k;
-    IF key IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF encode(public.hmac(convert_to(t, 'UTF8'), key, 'sha256'), 'hex') = seal THEN
-        RETURN t;
-    END IF;
-    RETURN NULL;
+    SELECT c.tenant INTO t FROM rlsgate.backend_context c
+    WHERE c.pid = pg_catalog.pg_backend_pid()
+      AND c.client_addr IS NOT DISTINCT FROM pg_catalog.inet_client_addr()
+      AND c.client_port IS NOT DISTINCT FROM pg_catalog.inet_client_port();
+    RETURN t;
 END
 $$;
 REVOKE ALL ON FUNCTION rlsgate.tenant() FROM PUBLIC;
@@ -72,7 +201,7 @@ GRANT EXECUTE ON FUNCTION rlsgate.tenant() TO PUBLIC;
 
 COMMIT;
 
--- Example (see policies/demo.sql for the plain variant):
+-- Example (policies/demo.sql uses exactly this):
 --
 --   CREATE POLICY tenant_isolation ON customers
 --       USING (tenant_id = (SELECT rlsgate.tenant()))

@@ -141,7 +141,7 @@ pub async fn run_session(
         &state.owned,
         &client.identity,
         &client.startup,
-        state.seal_key.as_deref(),
+        state.sealer.as_ref(),
     ) {
         Ok(ctx) => ctx,
         Err(e) => return fatal(&mut client.stream, e.into()).await,
@@ -245,7 +245,7 @@ async fn bind_with_context(
             obj.dirty = false;
             replies += 1;
         }
-        ctx.encode(&mut buf);
+        ctx.encode(&mut buf, obj.pid());
         // Only notices about this client's own startup settings reach it.
         obj.notices.clear();
         match obj.exchange(&buf, replies).await {
@@ -437,7 +437,7 @@ impl Session<'_> {
                 self.reapply_after_sync = false;
                 self.queue(pos);
                 pos = 0;
-                self.ctx.encode(&mut self.to_server);
+                self.ctx.encode_reapply(&mut self.to_server);
                 self.pipeline.proxy(false);
                 // The context's own unnamed Parse replaced the client's.
                 self.unnamed_here = false;
@@ -495,7 +495,7 @@ impl Session<'_> {
                     self.pipeline.proxy_query(false);
                 }
             }
-            self.ctx.encode_tenant(&mut self.to_server);
+            self.ctx.encode_tenant(&mut self.to_server, obj.pid());
             self.pipeline.proxy(true);
             obj.context = Some(want);
             Metrics::inc(&self.state.metrics.context_applied);

@@ -134,8 +134,10 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardSection {
-    /// Inspect every Query and Parse (default true). Turning it off leaves only RLS and
-    /// the sealed context to enforce the tenant.
+    /// Inspect every Query and Parse (default true). **Tests and diagnostics only**:
+    /// `false` leaves only RLS and the sealed context to enforce the tenant (the
+    /// integration tests use it to prove that a guard bug is not a breach), refuses
+    /// nothing, and is logged as UNSAFE at start. Never turn it off in production.
     pub enabled: bool,
     /// Refuse every `DO` block instead of inspecting its PL/pgSQL body.
     pub refuse_do_blocks: bool,
@@ -456,11 +458,18 @@ pub struct TenantConfig {
     pub setting: String,
     /// Extra settings: setting name → claim name / JSON pointer, or `"*"` for all claims as JSON.
     pub claims: BTreeMap<String, String>,
-    /// Sealed context: with the tenant, rlsgate sets `seal_setting` to
-    /// HMAC-SHA256(seal secret, tenant) in hex; `rlsgate.tenant()` (policies/sealed.sql)
-    /// returns the tenant only when the seal verifies.
-    pub sealed: bool,
-    /// Setting that carries the seal.
+    /// Sealed context (policies/sealed.sql): every time rlsgate applies the tenant on a
+    /// server connection it also calls `rlsgate.enter(tenant, seq, seal)`, seal =
+    /// HMAC-SHA256(secret, `tenant:backend_pid:seq`) with a fresh `seq`; the database
+    /// records the tenant only when the seal verifies and is newer than the last one
+    /// on that backend, and `rlsgate.tenant()` returns it. Default (unset): on when a
+    /// seal secret is configured, off (with a warning at start) without one. `true`
+    /// without a secret is a configuration error.
+    pub sealed: Option<bool>,
+    /// A setting name reserved for the seal: clients cannot set it (startup options,
+    /// `SET`, `set_config`). rlsgate no longer writes it (the seal travels as an
+    /// argument of `rlsgate.enter`); kept so existing files load and old names stay
+    /// protected.
     pub seal_setting: String,
     /// Environment variable holding the seal secret (shared with the database).
     pub seal_secret_env: Option<String>,
@@ -489,7 +498,7 @@ impl Default for TenantConfig {
         Self {
             setting: "app.current_tenant".into(),
             claims: BTreeMap::new(),
-            sealed: false,
+            sealed: None,
             seal_setting: "rlsgate.seal".into(),
             seal_secret_env: None,
             seal_secret_file: None,
@@ -499,9 +508,16 @@ impl Default for TenantConfig {
 }
 
 impl TenantConfig {
-    /// The seal secret when `sealed = true` (trailing newline of a file stripped).
+    /// Whether the context is sealed: `sealed` when given, else whether a seal secret
+    /// is configured.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+            .unwrap_or(self.seal_secret_env.is_some() || self.seal_secret_file.is_some())
+    }
+
+    /// The seal secret when the context is sealed (trailing newline of a file stripped).
     pub fn seal_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        if !self.sealed {
+        if !self.is_sealed() {
             return Ok(None);
         }
         let secret = match (&self.seal_secret_env, &self.seal_secret_file) {

@@ -45,6 +45,7 @@ pub async fn start(port: u16) -> anyhow::Result<Demo> {
     let secret = random_secret();
     let config = demo_config(&pg, dir.path(), &secret, port)?;
     config.validate()?;
+    store_seal_secret(&pg, &config)?;
     let server = Server::bind(config).await?.spawn();
     Ok(Demo {
         pg,
@@ -81,9 +82,28 @@ impl Demo {
     }
 }
 
+/// Stores the seal secret of `config` (when sealed) in `pg`'s `app` database with
+/// `rlsgate.set_seal_secret` (policies/sealed.sql must be installed there).
+pub fn store_seal_secret(pg: &TempPostgres, config: &Config) -> anyhow::Result<()> {
+    let Some(key) = config.tenant.seal_secret()? else {
+        return Ok(());
+    };
+    let key = String::from_utf8(key).context("the seal secret is not UTF-8")?;
+    pg.psql(
+        "app",
+        &format!(
+            "SELECT rlsgate.set_seal_secret('{}')",
+            key.replace('\'', "''")
+        ),
+    )?;
+    Ok(())
+}
+
 /// The demo's configuration: proxy on 127.0.0.1:`port` in front of `pg`'s `app`
 /// database as `app_rls`, HS256 tokens signed with `secret`, TLS preferred with a fresh
-/// self-signed certificate. Files (secret, password, certificate) are written to `dir`.
+/// self-signed certificate, and the sealed tenant context with a fresh seal secret
+/// (store it with [`store_seal_secret`]). Files (secrets, password, certificate) are
+/// written to `dir`.
 pub fn demo_config(
     pg: &TempPostgres,
     dir: &Path,
@@ -92,6 +112,7 @@ pub fn demo_config(
 ) -> anyhow::Result<Config> {
     let secret_file = write_file(dir, "jwt_secret", secret)?;
     let password_file = write_file(dir, "upstream_password", "app_rls_pw")?;
+    let seal_secret_file = write_file(dir, "seal_secret", &random_secret())?;
     let (cert_file, key_file) = self_signed(dir)?;
     Ok(Config {
         listen: ListenConfig {
@@ -127,6 +148,7 @@ pub fn demo_config(
         tenant: TenantConfig {
             setting: "app.current_tenant".into(),
             claims: BTreeMap::from([("app.user_id".to_owned(), "sub".to_owned())]),
+            seal_secret_file: Some(seal_secret_file),
             ..TenantConfig::default()
         },
         guard: Default::default(),
@@ -150,7 +172,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         demo.server.addr.port()
     );
     println!(
-        "  schema:                 policies/demo.sql (customers, invoices; RLS on tenant_id)\n"
+        "  schema:                 policies/demo.sql (customers, invoices; RLS on tenant_id,\n                          sealed context from policies/sealed.sql)\n"
     );
     println!(
         "Tenant acme (alice):\n  {}\n",
@@ -161,7 +183,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         demo.psql_line("bob", &globex)
     );
     println!("Try:  SELECT tenant_id, name FROM customers;   -- only your tenant's rows");
-    println!("      SHOW app.current_tenant;");
+    println!("      SHOW app.current_tenant;  SELECT rlsgate.tenant();  -- the verified tenant");
     println!("      INSERT INTO customers(name) VALUES ('new') RETURNING tenant_id;");
     println!("Mint more tokens with:  RLSGATE_JWT_SECRET='{}' rlsgate token --secret-env RLSGATE_JWT_SECRET --tenant acme --sub carol\n", demo.secret);
     if args.smoke {

@@ -19,7 +19,16 @@ use std::process::{Command, Output, Stdio};
 use tempfile::TempDir;
 
 /// The demo schema and seed data (`policies/demo.sql`), run as superuser into database `app`.
-pub const DEMO_SQL: &str = include_str!("../policies/demo.sql");
+/// policies/sealed.sql: `rlsgate.enter`, `rlsgate.tenant()`, `rlsgate.set_seal_secret`.
+pub const SEALED_SQL: &str = include_str!("../policies/sealed.sql");
+
+/// The demo schema, after [`SEALED_SQL`] (its policies are on `rlsgate.tenant()`).
+/// The seal secret still has to be stored: [`crate::demo::store_seal_secret`].
+pub const DEMO_SQL: &str = concat!(
+    include_str!("../policies/sealed.sql"),
+    "\n",
+    include_str!("../policies/demo.sql")
+);
 
 const SERVER_BINARIES: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 const HOST: &str = "127.0.0.1";

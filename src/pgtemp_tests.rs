@@ -135,46 +135,72 @@ fn demo_sql_enforces_tenant_isolation() {
     // Running it twice must work too (idempotent roles, reset data).
     pg.psql("app", DEMO_SQL).unwrap();
 
+    // What rlsgate does on every connection, as a test-only helper that may read the
+    // secret: `enter(t)` seals tenant t for this backend and sets the bare setting.
+    pg.psql(
+        "app",
+        "SELECT rlsgate.set_seal_secret('demo-seal-secret-0123456789');
+         CREATE FUNCTION public.enter(t text) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$
+           SELECT set_config('app.current_tenant', t, false),
+                  rlsgate.enter(t, s, encode(sha256(k.opad || sha256(k.ipad ||
+                      convert_to(t || ':' || pg_backend_pid() || ':' || s, 'UTF8'))), 'hex'))
+           FROM rlsgate.seal_key k,
+                (SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint AS s) n $$;
+         GRANT EXECUTE ON FUNCTION public.enter(text) TO app_rls;",
+    )
+    .unwrap();
     let rls = |sql: &str| pg.psql_as("app", "app_rls", Some("app_rls_pw"), sql);
     let count = "select count(*) from customers";
     assert_eq!(
-        rls(&format!("set app.current_tenant = 'acme'; {count}")).unwrap(),
-        "3"
+        rls(&format!("select enter('acme'); {count}")).unwrap(),
+        "\n3"
     );
     assert_eq!(
-        rls(&format!("set app.current_tenant = 'globex'; {count}")).unwrap(),
-        "2"
+        rls(&format!("select enter('globex'); {count}")).unwrap(),
+        "\n2"
     );
     assert_eq!(rls(count).unwrap(), "0");
+    // The bare setting is not trusted: no rows for it alone, none for a forged one.
     assert_eq!(
-        rls(&format!("set app.current_tenant = 'nobody'; {count}")).unwrap(),
+        rls(&format!("set app.current_tenant = 'acme'; {count}")).unwrap(),
         "0"
     );
     assert_eq!(
-        rls("set app.current_tenant = 'acme'; select count(*) from invoices").unwrap(),
-        "5"
+        rls(&format!(
+            "select enter('acme'); set app.current_tenant = 'globex'; {count}"
+        ))
+        .unwrap(),
+        "\n3"
     );
     assert_eq!(
-        rls("set app.current_tenant = 'globex'; select count(*), sum(amount) > 0 from invoices")
-            .unwrap(),
-        "4|t"
+        rls("select enter('acme'); select count(*) from invoices").unwrap(),
+        "\n5"
+    );
+    assert_eq!(
+        rls("select enter('globex'); select count(*), sum(amount) > 0 from invoices").unwrap(),
+        "\n4|t"
     );
     // Inserts take the tenant from the setting; writing another tenant's rows is refused.
-    let inserted = rls("set app.current_tenant = 'globex'; \
+    let inserted = rls("select enter('globex'); \
          insert into customers(name, email) values ('New', 'new@globex.test') returning tenant_id")
     .unwrap();
-    assert_eq!(inserted, "globex");
+    assert_eq!(inserted, "\nglobex");
     // The foreign-key check runs as the table owner, which needs USAGE on the schema.
-    let invoice = rls("set app.current_tenant = 'globex'; \
+    let invoice = rls("select enter('globex'); \
          insert into invoices(customer_id, amount) \
          select id, 1.50 from customers where email = 'new@globex.test' returning tenant_id")
     .unwrap();
-    assert_eq!(invoice, "globex");
-    let err = rls("set app.current_tenant = 'acme'; \
-         insert into customers(tenant_id, name) values ('globex', 'Sneaky')")
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("row-level security"), "{err}");
+    assert_eq!(invoice, "\nglobex");
+    for sneaky in [
+        "insert into customers(tenant_id, name) values ('globex', 'Sneaky')",
+        // The default reads the bare setting; the policy checks the sealed tenant.
+        "set app.current_tenant = 'globex'; insert into customers(name) values ('Sneaky')",
+    ] {
+        let err = rls(&format!("select enter('acme'); {sneaky}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row-level security"), "{err}");
+    }
     // The upstream role cannot skip RLS: not superuser, no BYPASSRLS.
     assert_eq!(
         rls("select rolsuper, rolbypassrls from pg_roles where rolname = current_user").unwrap(),

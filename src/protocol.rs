@@ -340,6 +340,13 @@ pub fn put_query(buf: &mut BytesMut, sql: &str) {
 /// with `params` bound as text: values never appear in the statement text (and so not in
 /// `pg_stat_activity.query`).
 pub fn put_bound_query(buf: &mut BytesMut, sql: &str, params: &[&str]) {
+    put_bound_statement(buf, sql, params);
+    put_sync(buf);
+}
+
+/// Parse/Bind/Execute of `sql` with text `params` (unnamed statement and portal), then
+/// Close of both, no Sync: several of them before one Sync run in one transaction.
+pub fn put_bound_statement(buf: &mut BytesMut, sql: &str, params: &[&str]) {
     // Parse: name, query, no declared types.
     let start = begin(buf, frontend::PARSE);
     put_cstr(buf, "");
@@ -372,7 +379,6 @@ pub fn put_bound_query(buf: &mut BytesMut, sql: &str, params: &[&str]) {
         put_cstr(buf, "");
         finish(buf, start);
     }
-    put_sync(buf);
 }
 
 /// Appends Parse of `sql` as statement `name`, no declared parameter types.

@@ -26,7 +26,7 @@ use crate::inspect::Inspector;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::protocol::{self, Severity};
-use crate::tenant::OwnedSettings;
+use crate::tenant::{OwnedSettings, Sealer};
 use crate::tls;
 
 /// Failure to start the proxy.
@@ -54,8 +54,8 @@ pub enum ServerError {
 /// Everything a client task needs, shared read-only (plus atomics and the pool).
 pub struct State {
     pub config: Config,
-    /// Seal secret when `[tenant] sealed = true`.
-    pub seal_key: Option<Vec<u8>>,
+    /// The sealed context's secret and counter (`[tenant] sealed`), one per process.
+    pub sealer: Option<Arc<Sealer>>,
     pub owned: OwnedSettings,
     pub inspector: Inspector,
     pub pool: Pool,
@@ -125,7 +125,10 @@ impl State {
         });
         Ok(State {
             statement_names: Default::default(),
-            seal_key: config.tenant.seal_secret()?,
+            sealer: config
+                .tenant
+                .seal_secret()?
+                .map(|key| Arc::new(Sealer::new(key))),
             inspector: Inspector::new(
                 guard,
                 config.pool.mode,
@@ -168,10 +171,21 @@ impl RunningServer {
     }
 }
 
+/// Loud warnings for settings that leave isolation to fewer layers than it should.
+fn warn_unsafe_settings(config: &Config) {
+    if !config.guard.enabled {
+        warn!("UNSAFE: [guard] enabled = false: client SQL is not inspected; this is for tests and diagnostics only, never for production");
+    }
+    if !config.tenant.is_sealed() {
+        warn!(setting = %config.tenant.setting, "tenant context is not sealed: the database can only trust the bare setting; configure [tenant] seal_secret_file or seal_secret_env and install policies/sealed.sql");
+    }
+}
+
 impl Server {
     /// Checks the upstream role, then binds the listeners.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let state = Arc::new(State::new(config)?);
+        warn_unsafe_settings(&state.config);
         check_upstream_role(&state).await?;
         let addr = state.config.listen.addr;
         let tcp = TcpListener::bind(addr)

@@ -1,7 +1,14 @@
 //! Tenant context: which settings the proxy owns, their values for one identity, and
-//! how they are applied (one bound `set_config` statement, values never in SQL text).
+//! how they are applied (one bound `set_config` statement, values never in SQL text;
+//! with the sealed context, `rlsgate.enter` in the same statement).
+
+mod seal;
+
+use std::sync::Arc;
 
 use bytes::BytesMut;
+
+pub use seal::{hmac_hex, SealHandle, Sealer};
 
 use crate::auth::Identity;
 use crate::config::TenantConfig;
@@ -60,6 +67,9 @@ pub struct SessionContext {
     pub tenant_len: usize,
     /// Remembered client `SET` statements (name, text), transaction pooling.
     pub replay: Vec<(String, String)>,
+    /// The sealed context (`[tenant] sealed`): every application of the tenant settings
+    /// also calls `rlsgate.enter` with a fresh seal for the server's backend pid.
+    pub seal: Option<SealHandle>,
 }
 
 /// Sent (pipelined, replies consumed, failure closes the session) before a session runs
@@ -90,18 +100,16 @@ impl SessionContext {
         owned: &OwnedSettings,
         identity: &Identity,
         startup: &[(String, String)],
-        seal_key: Option<&[u8]>,
+        sealer: Option<&Arc<Sealer>>,
     ) -> Result<SessionContext, ContextError> {
         let mut settings = vec![(cfg.setting.clone(), identity.tenant.as_str().to_owned())];
         for (setting, claim) in &cfg.claims {
             settings.push((setting.clone(), claim_value(identity, claim)));
         }
-        if let Some(key) = seal_key {
-            settings.push((
-                cfg.seal_setting.clone(),
-                seal(key, identity.tenant.as_str()),
-            ));
-        }
+        let seal = sealer.map(|sealer| SealHandle {
+            sealer: sealer.clone(),
+            tenant: identity.tenant.as_str().to_owned(),
+        });
         let tenant_len = settings.len();
         // `options -c` first: as in PostgreSQL, an explicit startup parameter wins.
         for (_, value) in startup.iter().filter(|(n, _)| n == "options") {
@@ -124,6 +132,7 @@ impl SessionContext {
             settings,
             tenant_len,
             replay: Vec::new(),
+            seal,
         })
     }
 
@@ -138,15 +147,33 @@ impl SessionContext {
     }
 
     /// Appends Parse/Bind/Execute/Sync running `SELECT set_config($1,$2,false), ...` for
-    /// every setting. The statement text holds only placeholders, so values are not
-    /// visible in `pg_stat_activity.query` of other sessions.
-    pub fn encode(&self, buf: &mut BytesMut) {
-        encode_settings(buf, &self.settings);
+    /// every setting (and `rlsgate.enter` when sealed) on the backend `pid`, which must
+    /// be outside a transaction (a server just checked out). The statement text holds
+    /// only placeholders, so values are not visible in `pg_stat_activity.query` of
+    /// other sessions.
+    pub fn encode(&self, buf: &mut BytesMut, pid: i32) {
+        encode_settings(buf, &self.settings, self.enter_args(pid).as_ref());
     }
 
-    /// Appends the bound `set_config` statement for the tenant settings alone.
-    pub fn encode_tenant(&self, buf: &mut BytesMut) {
-        encode_settings(buf, self.tenant_settings());
+    /// Appends the bound `set_config` statement for every setting, without
+    /// `rlsgate.enter`: the re-application after the client's `RESET ALL`/`DISCARD
+    /// ALL`, which may come inside the client's transaction. The tenant the database
+    /// verified lives in `rlsgate.backend_context`, which neither of them touches.
+    pub fn encode_reapply(&self, buf: &mut BytesMut) {
+        encode_settings(buf, &self.settings, None);
+    }
+
+    /// Appends the bound `set_config` statement for the tenant settings alone (with
+    /// `rlsgate.enter` when sealed) on the backend `pid`, outside a transaction.
+    pub fn encode_tenant(&self, buf: &mut BytesMut, pid: i32) {
+        encode_settings(buf, self.tenant_settings(), self.enter_args(pid).as_ref());
+    }
+
+    /// A fresh seal for backend `pid` (each call takes the next seq).
+    fn enter_args(&self, pid: i32) -> Option<[String; 3]> {
+        self.seal
+            .as_ref()
+            .map(|s| s.sealer.enter_args(&s.tenant, pid))
     }
 
     /// Appends the bound `set_config` statement for the client settings alone (nothing
@@ -156,7 +183,7 @@ impl SessionContext {
         if client.is_empty() {
             return false;
         }
-        encode_settings(buf, client);
+        encode_settings(buf, client, None);
         true
     }
 
@@ -209,9 +236,14 @@ fn hash<T: std::hash::Hash>(value: &T) -> u64 {
     h.finish()
 }
 
-fn encode_settings(buf: &mut BytesMut, settings: &[(String, String)]) {
+/// `SELECT pg_catalog.set_config($1, $2, false), ...[, rlsgate.enter($n, $n+1, $n+2)]`.
+/// A failing `enter` fails the whole statement, so no setting of it stays either.
+/// Sealed, the statement runs in `BEGIN READ WRITE` ... `COMMIT` (one Sync): `enter`
+/// writes `rlsgate.backend_context`, which a client's `default_transaction_read_only`
+/// (pgJDBC's `setReadOnly`) would otherwise forbid.
+fn encode_settings(buf: &mut BytesMut, settings: &[(String, String)], enter: Option<&[String; 3]>) {
     let mut sql = String::from("SELECT ");
-    let mut params: Vec<&str> = Vec::with_capacity(settings.len() * 2);
+    let mut params: Vec<&str> = Vec::with_capacity(settings.len() * 2 + 3);
     for (i, (name, value)) in settings.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
@@ -224,7 +256,24 @@ fn encode_settings(buf: &mut BytesMut, settings: &[(String, String)]) {
         params.push(name);
         params.push(value);
     }
-    protocol::put_bound_query(buf, &sql, &params);
+    if let Some(args) = enter {
+        let n = params.len();
+        sql.push_str(&format!(
+            ", rlsgate.enter(${}, ${}::pg_catalog.int8, ${})",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
+        params.extend(args.iter().map(String::as_str));
+    }
+    if enter.is_none() {
+        protocol::put_bound_query(buf, &sql, &params);
+        return;
+    }
+    protocol::put_bound_statement(buf, "BEGIN READ WRITE", &[]);
+    protocol::put_bound_statement(buf, &sql, &params);
+    protocol::put_bound_statement(buf, "COMMIT", &[]);
+    protocol::put_sync(buf);
 }
 
 fn push_client_setting(
@@ -245,19 +294,6 @@ fn push_client_setting(
     }
     settings.push((name, value));
     Ok(())
-}
-
-/// HMAC-SHA256(key, tenant) in lower-case hex: what `rlsgate.tenant()` recomputes with
-/// pgcrypto (`encode(hmac(convert_to(tenant, 'UTF8'), key, 'sha256'), 'hex')`).
-pub fn seal(key: &[u8], tenant: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(tenant.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Value of a mapped claim as a setting: strings as-is, `*` the whole claims object as
@@ -347,15 +383,6 @@ mod tests {
         );
         assert!(parse_options("-x").is_err());
         assert!(parse_options("-c").is_err());
-    }
-
-    #[test]
-    fn seal_matches_rfc4231_test_vector() {
-        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
-        assert_eq!(
-            seal(b"Jefe", "what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::harness::{db_error, Env};
 /// `apply` stored.
 pub async fn sealed_proxy(env: &Env) -> RunningServer {
     let mut config = env.config.clone();
-    config.tenant.sealed = true;
+    config.tenant.sealed = Some(true);
     config.tenant.seal_secret_file = Some(super::seal_file(env));
     config.validate().expect("sealed config");
     Server::bind(config).await.expect("bind").spawn()

@@ -410,3 +410,33 @@ fn example_file_parses() {
     assert_eq!((t.user.as_str(), t.database.as_str()), ("app_rls", "app"));
     assert_eq!(t.password.as_deref(), Some("upstream-password"));
 }
+
+#[test]
+fn sealed_defaults_to_whether_a_seal_secret_is_set() {
+    let plain = minimal();
+    assert_eq!(plain.tenant.sealed, None);
+    assert!(!plain.tenant.is_sealed());
+    assert_eq!(plain.tenant.seal_secret().unwrap(), None);
+
+    let secret = temp_file("a-seal-secret-of-sufficient-length\n");
+    let text = format!(
+        "{MINIMAL}\n[tenant]\nseal_secret_file = {:?}\n",
+        secret.path().display().to_string()
+    );
+    let sealed = parse_env(&text, &[]).unwrap();
+    assert!(sealed.tenant.is_sealed());
+    assert_eq!(
+        sealed.tenant.seal_secret().unwrap().as_deref(),
+        Some(&b"a-seal-secret-of-sufficient-length"[..])
+    );
+
+    let opted_out = parse_env(&format!("{text}sealed = false\n"), &[]).unwrap();
+    assert!(!opted_out.tenant.is_sealed());
+    assert_eq!(opted_out.tenant.seal_secret().unwrap(), None);
+
+    let no_secret = parse_env(&format!("{MINIMAL}\n[tenant]\nsealed = true\n"), &[]).unwrap();
+    assert_eq!(
+        key_of(no_secret.tenant.seal_secret().unwrap_err()),
+        "tenant.sealed"
+    );
+}

@@ -234,7 +234,7 @@ fn settings(
             .unwrap_or_default(),
         large_table_rows: args.large_table_rows,
         sealed: args.sealed
-            || config.is_some_and(|c| c.tenant.sealed)
+            || config.is_some_and(|c| c.tenant.is_sealed())
             || policy.is_some_and(|p| p.context == TenantContext::Sealed),
         hardening: policy.map(|p| p.hardening).unwrap_or_default(),
     }
