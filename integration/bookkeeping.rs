@@ -358,3 +358,35 @@ async fn messages_after_an_error_owe_no_phantom_replies() {
     assert!(rows.len() == 2 && rows.iter().all(|(t, _)| t == "globex"));
     assert_eq!(raw_view(&mut through).await, ("acme".into(), "acme".into()));
 }
+
+/// A `DISCARD ALL` that fails (inside a transaction block) leaves the server's prepared
+/// statements in place: the proxy no longer knows what the server holds, and its next
+/// Parse of the same text (by any client) closes first instead of failing with 42P05.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_discard_all_does_not_confuse_the_statement_map() {
+    let env = one_server(PoolMode::Transaction, true).await;
+    let mut a = Raw::connect(env.port(), "a", &env.token("acme")).await;
+    let mut b = BytesMut::new();
+    frontend::parse("s1", "SELECT 41 + 1", [], &mut b).unwrap();
+    frontend::sync(&mut b);
+    assert_eq!(exchange(&mut a, &b).await, ["1", "Z I"]);
+    let mut b = BytesMut::new();
+    query(&mut b, "BEGIN");
+    assert_eq!(exchange(&mut a, &b).await, ["C", "Z T"]);
+    let mut b = BytesMut::new();
+    query(&mut b, "DISCARD ALL");
+    assert!(exchange(&mut a, &b).await[0].starts_with("E 25001"));
+    let mut b = BytesMut::new();
+    query(&mut b, "ROLLBACK");
+    assert_eq!(exchange(&mut a, &b).await, ["C", "Z I"]);
+    let mut other = Raw::connect(env.port(), "b", &env.token("globex")).await;
+    let mut b = BytesMut::new();
+    frontend::parse("mine", "SELECT 41 + 1", [], &mut b).unwrap();
+    bind(&mut b, "mine", &[]);
+    frontend::execute("", 0, &mut b).unwrap();
+    frontend::sync(&mut b);
+    other.send(&b).await;
+    let msgs = other.until_ready(1).await;
+    assert_eq!(summarize(&msgs), ["1", "2", "D", "C", "Z I"]);
+    assert_eq!(data_rows(&msgs), [["42".to_owned()]]);
+}

@@ -116,12 +116,16 @@ impl ClientStatements {
 #[derive(Debug)]
 pub struct ServerStatements {
     lru: LruCache<String, ()>,
+    /// The server may hold statements not listed (after a `DEALLOCATE ALL`/`DISCARD
+    /// ALL` that may have failed): every Parse of the proxy's is preceded by a Close.
+    uncertain: bool,
 }
 
 impl Default for ServerStatements {
     fn default() -> Self {
         Self {
             lru: LruCache::new(NonZeroUsize::new(SERVER_CACHE_SIZE).expect("non-zero")),
+            uncertain: false,
         }
     }
 }
@@ -143,8 +147,20 @@ impl ServerStatements {
         self.lru.pop(name);
     }
 
+    /// The server is known to hold none (a reset that dropped them all).
     pub fn clear(&mut self) {
         self.lru.clear();
+        self.uncertain = false;
+    }
+
+    /// The server may or may not hold any of them any more.
+    pub fn forget_all(&mut self) {
+        self.lru.clear();
+        self.uncertain = true;
+    }
+
+    pub fn uncertain(&self) -> bool {
+        self.uncertain
     }
 }
 
@@ -223,6 +239,7 @@ mod tests {
     fn server_lru_evicts_oldest() {
         let mut s = ServerStatements {
             lru: LruCache::new(NonZeroUsize::new(2).unwrap()),
+            uncertain: false,
         };
         assert_eq!(s.add("a"), None);
         assert_eq!(s.add("b"), None);

@@ -211,6 +211,11 @@ impl Session<'_> {
 
     /// Records a statement as prepared on the bound server, closing an evicted one.
     fn add_server_statement(&mut self, server_name: &str, out: &mut BytesMut) {
+        if self.server_mut().statements.uncertain() {
+            // It may be there after all (a DEALLOCATE ALL that failed): Close first.
+            prepared::put_statement_message(out, fe::CLOSE, server_name);
+            self.pipeline.swallow_close();
+        }
         if let Some(evicted) = self.server_mut().statements.add(server_name) {
             prepared::put_statement_message(out, fe::CLOSE, &evicted);
             self.pipeline.swallow_close();
@@ -373,7 +378,9 @@ impl Session<'_> {
                 Effect::ResetAll if idle => self.ctx.forget_all(),
                 Effect::DeallocateAll => {
                     self.statements.clear();
-                    self.server_mut().statements.clear();
+                    // Whether it ran is known only later (DISCARD ALL fails inside a
+                    // transaction block): what the server holds is no longer known.
+                    self.server_mut().statements.forget_all();
                 }
                 _ => {}
             }
