@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use super::Pinned;
 use super::Session;
 use crate::config::{PoolMode, SessionFeatures};
-use crate::encoding::Reading;
+
 use crate::error::ClientError;
 use crate::inspect::{Effect, Verdict};
 use crate::metrics::Metrics;
@@ -174,159 +174,10 @@ impl Session<'_> {
     }
 
     /// The bound server may now hold session state rlsgate cannot see.
-    fn mark_dirty(&mut self) {
+    pub(super) fn mark_dirty(&mut self) {
         if let Some(server) = self.server.as_mut() {
             server.dirty = true;
         }
-    }
-
-    /// A Bind runs a statement parsed maybe in an earlier transaction, on another
-    /// server: that server is dirty when the statement is not clean.
-    fn check_bound_statement(&mut self, start: usize, end: usize) {
-        let Some((_, name)) = prepared::bind_statement(&self.cbuf[start..end]) else {
-            return;
-        };
-        let parse: &[u8] = match (name.is_empty(), &self.unnamed) {
-            (true, Some(unnamed)) => unnamed,
-            (true, None) => return,
-            (false, _) => match self.statements.get(name) {
-                Some(stmt) => &stmt.parse,
-                None => return,
-            },
-        };
-        // A cache hit: the text was analysed when it was parsed.
-        let reading = Reading::Known(self.encoding.current()); // encoding
-        let (_, analysis) = self
-            .state
-            .inspector
-            .inspect_message(fe::PARSE, parse, &reading);
-        if analysis.is_none_or(|a| !a.clean) {
-            self.mark_dirty();
-        }
-    }
-
-    fn server_mut(&mut self) -> &mut crate::backend::ServerConn {
-        self.server.as_mut().expect("bound server")
-    }
-
-    /// Records a statement as prepared on the bound server, closing an evicted one.
-    fn add_server_statement(&mut self, server_name: &str, out: &mut BytesMut) {
-        if self.server_mut().statements.uncertain() {
-            // It may be there after all (a DEALLOCATE ALL that failed): Close first.
-            prepared::put_statement_message(out, fe::CLOSE, server_name);
-            self.pipeline.swallow_close();
-        }
-        if let Some(evicted) = self.server_mut().statements.add(server_name) {
-            prepared::put_statement_message(out, fe::CLOSE, &evicted);
-            self.pipeline.swallow_close();
-        }
-    }
-
-    /// Makes sure the bound server has statement `stmt` (queues its Parse ahead if not).
-    fn ensure_statement(&mut self, stmt: &prepared::Statement, out: &mut BytesMut) {
-        if !self.server_mut().statements.has(&stmt.server_name) {
-            self.add_server_statement(&stmt.server_name, out);
-            out.extend_from_slice(&stmt.parse);
-            self.pipeline.swallow_parse(stmt.server_name.clone());
-        }
-    }
-
-    /// Transaction mode: a client reaches only the statements it prepared itself, under
-    /// the names it gave, as directly. The error PostgreSQL would give for any other
-    /// name (the server may hold it: another client's statement, or nothing of the
-    /// client's own unnamed one).
-    fn unreachable_statement(&self, name: &str) -> Option<String> {
-        if name.is_empty() {
-            (!self.unnamed_here && self.unnamed.is_none())
-                .then(|| "unnamed prepared statement does not exist".to_owned())
-        } else {
-            self.statements
-                .get(name)
-                .is_none()
-                .then(|| format!("prepared statement \"{name}\" does not exist"))
-        }
-    }
-
-    /// The marker Parse (under its own name, so the client's unnamed statement is left
-    /// alone) that fails where the message naming a missing statement would have.
-    fn missing_statement(&mut self, message: String) -> BytesMut {
-        let own = Some(self.marker.clone());
-        self.marker_statement(fe::PARSE, own, "26000", message)
-    }
-
-    /// A Bind or Describe of the unnamed statement on a server where this client has not
-    /// parsed it in the current binding: the client's last unnamed Parse goes first.
-    fn with_unnamed(&mut self, start: usize, end: usize) -> Option<BytesMut> {
-        if self.unnamed_here {
-            return None;
-        }
-        let parse = self.unnamed.clone()?;
-        self.unnamed_here = true;
-        let mut out = parse;
-        self.pipeline.swallow_parse(String::new());
-        out.extend_from_slice(&self.cbuf[start..end]);
-        Some(out)
-    }
-
-    fn rewrite_bind(&mut self, start: usize, end: usize) -> Option<BytesMut> {
-        let (_, name) = prepared::bind_statement(&self.cbuf[start..end])?;
-        let stmt = self.statements.get(name)?.clone();
-        let mut out = BytesMut::new();
-        self.ensure_statement(&stmt, &mut out);
-        prepared::rewrite_bind(&self.cbuf[start..end], &stmt.server_name, &mut out);
-        Some(out)
-    }
-
-    /// Describe/Close of a named statement in transaction mode: renamed, or (Close)
-    /// answered by the proxy since the server keeps the statement cached.
-    fn statement_target(
-        &mut self,
-        tag: u8,
-        start: usize,
-        end: usize,
-    ) -> Result<Option<BytesMut>, ClientError> {
-        let reply = if tag == fe::DESCRIBE {
-            Reply::Describe
-        } else {
-            Reply::Close
-        };
-        let named = match prepared::target(&self.cbuf[start..end]) {
-            Some((b'S', name)) if self.mode == PoolMode::Transaction => name.to_owned(),
-            _ => {
-                self.pipeline.client(reply);
-                return Ok(None);
-            }
-        };
-        if tag == fe::CLOSE {
-            if named.is_empty() {
-                self.unnamed = None;
-                if std::mem::take(&mut self.unnamed_here) {
-                    self.pipeline.client(reply);
-                    return Ok(None);
-                }
-            } else {
-                self.statements.close(&named);
-            }
-            self.pipeline.synthetic(BytesMut::from(&CLOSE_COMPLETE[..]));
-            return Ok(Some(BytesMut::new()));
-        }
-        if let Some(missing) = self.unreachable_statement(&named) {
-            return Ok(Some(self.missing_statement(missing)));
-        }
-        if named.is_empty() {
-            let replacement = self.with_unnamed(start, end);
-            self.pipeline.client(reply);
-            return Ok(replacement);
-        }
-        let Some(stmt) = self.statements.get(&named).cloned() else {
-            self.pipeline.client(reply);
-            return Ok(None);
-        };
-        let mut out = BytesMut::new();
-        self.ensure_statement(&stmt, &mut out);
-        prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
-        self.pipeline.client(reply);
-        Ok(Some(out))
     }
 
     /// Runs the guard on a Query/Parse, scopes its notification channels to the tenant,
@@ -545,7 +396,7 @@ impl Session<'_> {
     }
 
     /// The marker Query, or Parse under `name`, whose error is swapped for `code`/`message`.
-    fn marker_statement(
+    pub(super) fn marker_statement(
         &mut self,
         tag: u8,
         name: Option<String>,
@@ -611,4 +462,4 @@ fn function_oid(msg: &[u8]) -> Option<u32> {
 }
 
 /// CloseComplete, for a Close the proxy answers itself.
-const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
+pub(super) const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
