@@ -243,7 +243,60 @@ async fn captured_seals_do_not_replay_in_session_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_seals_do_not_replay_in_transaction_mode() {
-    replay(PoolMode::Transaction).await;
+    let env = guard_off(PoolMode::Transaction, 2).await;
+    let globex = env.connect("globex").await;
+    assert_eq!(visible_customers(&globex).await.len(), GLOBEX_ROWS);
+    let (gpid, gseq) = globex_entry(&env).await;
+    let seal = leaked_seal(&env, "globex", gpid, gseq);
+    drop(globex);
+    let attacker = env.connect("acme").await;
+    // Two open transactions hold both servers; which one is globex's is then known,
+    // and the attacker's next statements run on whichever server is let go.
+    let (first, second) = (occupy(&env).await, occupy(&env).await);
+    let ((on_globex, _), (elsewhere, other_pid)) = if first.1 == gpid {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_ne!(other_pid, gpid);
+    let replays = |expect: &'static str| {
+        let attacker = &attacker;
+        let seal = seal.clone();
+        async move {
+            for wipe in ["SELECT 1", "DISCARD ALL", "DISCARD TEMP", "RESET ALL"] {
+                let _ = attacker.simple_query(wipe).await;
+                let sql = format!("SELECT rlsgate.enter('globex', {gseq}, '{seal}')");
+                let err = attacker.simple_query(&sql).await.err().expect("refused");
+                let (code, message) = db_error(&err);
+                assert_eq!(code, "28000", "{message}");
+                assert!(message.contains(expect), "after {wipe}: {message}");
+                sees_no_globex(attacker, &format!("replay after {wipe}")).await;
+            }
+        }
+    };
+    // On globex's own backend: stale.
+    on_globex.batch_execute("COMMIT").await.unwrap();
+    replays("stale").await;
+    // On the other backend: the seal does not verify.
+    let (held, pid) = occupy(&env).await;
+    assert_eq!(pid, gpid, "the only free server is globex's");
+    elsewhere.batch_execute("COMMIT").await.unwrap();
+    replays("does not verify").await;
+    held.batch_execute("COMMIT").await.unwrap();
+    drop((attacker, held, elsewhere, on_globex));
+    next_clients_are_right(&env, "Transaction after replays").await;
+}
+
+/// A client holding a server in an open transaction, and that server's backend pid.
+async fn occupy(env: &Env) -> (tokio_postgres::Client, i32) {
+    let c = env.connect("acme").await;
+    c.batch_execute("BEGIN").await.unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (c, pid)
 }
 
 /// The seal is the default: the demo config has a secret, so it is sealed, and the
