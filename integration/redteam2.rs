@@ -90,8 +90,16 @@ async fn next_tenants_clean(env: &Env, what: &str) {
         let got = visible_customers(&c).await;
         assert_eq!(got.len(), n, "{what}: next {tenant} sees {got:?}");
         assert!(got.iter().all(|(t, _)| t == tenant), "{what}: {got:?}");
-        let r = rows(&c.simple_query("SELECT current_setting('app.current_tenant'), rlsgate.tenant()").await.unwrap());
-        assert_eq!(r, vec![vec![tenant.to_owned(), tenant.to_owned()]], "{what}");
+        let r = rows(
+            &c.simple_query("SELECT current_setting('app.current_tenant'), rlsgate.tenant()")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            r,
+            vec![vec![tenant.to_owned(), tenant.to_owned()]],
+            "{what}"
+        );
     }
 }
 
@@ -100,7 +108,9 @@ fn no_forged_tenant(msgs: &[RawMessage], what: &str) {
     let d = data(msgs);
     eprintln!("{what}: rows {d:?} messages {:?}", summarize(msgs));
     assert!(
-        !d.iter().any(|v| v.contains("globex")),
+        // The hidden text itself, returned as the literal the guard read, is harmless.
+        !d.iter()
+            .any(|v| v.contains("globex") && !v.contains("set_config")),
         "{what}: the forged bare setting reached PostgreSQL: rows {d:?}, messages {:?}",
         summarize(msgs)
     );
@@ -108,12 +118,12 @@ fn no_forged_tenant(msgs: &[RawMessage], what: &str) {
 
 // ---------------------------------------------------------------- client encodings
 
-/// SQL-level PREPARE of a client_encoding change: the constant 'SJIS' is only seen while
-/// the PREPARE is in flight; a later `EXECUTE p` names no encoding, so the statements
+/// FINDING (fixed: the guard now allows client_encoding changes only as a statement of
+/// their own). SQL-level PREPARE of a client_encoding change: the constant 'SJIS' was only
+/// seen while the PREPARE was in flight; a later `EXECUTE p` names no encoding, so the statements
 /// pipelined behind it (no Sync between) are read as UTF8, while PostgreSQL converts
 /// them from SJIS (ParameterStatus only comes at ReadyForQuery).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: EXECUTE of a SQL-level PREPARE'd set_config('client_encoding','SJIS') is an encoding change the guard does not predict; a statement pipelined behind it (same write, before Sync) is read by the guard as UTF8 (one E'' literal) but run by PostgreSQL in SJIS: set_config('app.current_tenant','globex') executes (seen active in pg_stat_activity); the session is only ended afterwards (08P01) when ParameterStatus arrives"]
 async fn prepared_encoding_change_hides_set_config() {
     let env = Env::with(|c: &mut Config| c.pool.mode = PoolMode::Session).await;
     let mut a = raw(&env, "acme").await;
@@ -122,23 +132,41 @@ async fn prepared_encoding_change_hides_set_config() {
         "PREPARE p AS SELECT pg_catalog.set_config('client_encoding', 'SJIS', false)",
     )
     .await;
-    assert!(summarize(&prep).iter().all(|m| !m.starts_with('E')), "{:?}", summarize(&prep));
+    // Refused now (42501: a client_encoding change only as a statement of its own);
+    // the attack runs either way, and must not reach PostgreSQL.
+    assert!(
+        summarize(&prep)
+            .iter()
+            .all(|m| !m.starts_with('E') || m.starts_with("E 42501")),
+        "{:?}",
+        summarize(&prep)
+    );
     let admin = env.admin().await;
-    a.send(&pipeline(&["EXECUTE p", HIDDEN_SLEEP]))
-    .await;
+    a.send(&pipeline(&["EXECUTE p", HIDDEN_SLEEP])).await;
     // Did PostgreSQL run the statement the guard read as one literal? It sleeps if so.
     let mut ran = Vec::new();
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        ran = rows(&admin.simple_query(
-            "SELECT query FROM pg_stat_activity WHERE state = 'active' \
-             AND query LIKE '%globex%' AND pid <> pg_backend_pid()").await.unwrap());
-        if !ran.is_empty() { break; }
+        ran = rows(
+            &admin
+                .simple_query(
+                    "SELECT query FROM pg_stat_activity WHERE state = 'active' \
+             AND query LIKE '%globex%' AND pid <> pg_backend_pid()",
+                )
+                .await
+                .unwrap(),
+        );
+        if !ran.is_empty() {
+            break;
+        }
     }
     let got = collect(&mut a, 1).await;
     eprintln!("ran: {ran:?}");
     no_forged_tenant(&got, "PREPARE/EXECUTE");
-    assert!(ran.is_empty(), "PostgreSQL ran the hidden set_config: {ran:?}");
+    assert!(
+        ran.is_empty(),
+        "PostgreSQL ran the hidden set_config: {ran:?}"
+    );
     next_tenants_clean(&env, "PREPARE/EXECUTE").await;
 }
 
@@ -208,7 +236,10 @@ async fn prepared_encoding_change_simple_pipeline() {
     let mut buf = BytesMut::new();
     protocol::put_query(&mut buf, "EXECUTE p");
     protocol::put_query(&mut buf, HIDDEN_SET);
-    protocol::put_query(&mut buf, "SELECT pg_catalog.current_setting('app.current_tenant')");
+    protocol::put_query(
+        &mut buf,
+        "SELECT pg_catalog.current_setting('app.current_tenant')",
+    );
     a.send(&buf).await;
     let got = collect(&mut a, 3).await;
     no_forged_tenant(&got, "simple pipeline");
@@ -248,10 +279,17 @@ async fn crafted_enter_arguments_change_nothing() {
         ] {
             let _ = c.batch_execute(sql).await;
             let _ = c.batch_execute("ROLLBACK").await;
-            let r = rows(&c.simple_query("SELECT coalesce(rlsgate.tenant(), 'NULL')").await.unwrap());
+            let r = rows(
+                &c.simple_query("SELECT coalesce(rlsgate.tenant(), 'NULL')")
+                    .await
+                    .unwrap(),
+            );
             assert_eq!(r, vec![vec!["acme".to_owned()]], "{mode:?} {sql}");
             let got = visible_customers(&c).await;
-            assert!(got.iter().all(|(t, _)| t == "acme"), "{mode:?} {sql}: {got:?}");
+            assert!(
+                got.iter().all(|(t, _)| t == "acme"),
+                "{mode:?} {sql}: {got:?}"
+            );
         }
         drop(c);
         next_tenants_clean(&env, &format!("{mode:?} crafted enter")).await;
@@ -338,12 +376,22 @@ async fn plan_dumps_do_not_show_the_seal() {
 #[ignore = "FINDING (side channel, also after policy apply): pg_class.reltuples, pg_stat_user_tables.n_live_tup/n_tup_ins, pg_relation_size and nextval of the shared bigserial reveal other tenants' row counts and insert activity"]
 async fn statistics_reveal_other_tenants_row_counts() {
     let env = Env::start().await;
-    env.admin().await.batch_execute("ANALYZE customers").await.unwrap();
+    env.admin()
+        .await
+        .batch_execute("ANALYZE customers")
+        .await
+        .unwrap();
     let c = env.connect("acme").await;
     let mut leaks = Vec::new();
     for (sql, alone) in [
-        ("SELECT reltuples::int::text FROM pg_class WHERE relname = 'customers'", "3"),
-        ("SELECT n_live_tup::text FROM pg_stat_user_tables WHERE relname = 'customers'", "3"),
+        (
+            "SELECT reltuples::int::text FROM pg_class WHERE relname = 'customers'",
+            "3",
+        ),
+        (
+            "SELECT n_live_tup::text FROM pg_stat_user_tables WHERE relname = 'customers'",
+            "3",
+        ),
         ("SELECT nextval('customers_id_seq')::text", "4"),
     ] {
         match c.simple_query(sql).await {

@@ -58,6 +58,18 @@ const HOSTILE: &[(&str, Rule)] = &[
     ("SET client_encoding = 'no such encoding'", ProtectedSetting),
     ("SELECT set_config('client_encoding', 'big-5.', false)", ProtectedSetting),
     ("SELECT set_config('client_encoding', 'GB18030', true)", ProtectedSetting),
+    // A change of client_encoding the session cannot follow (it runs later or inside
+    // code): even to an allowed encoding (red-team: PREPARE then EXECUTE in a pipeline).
+    ("PREPARE p AS SELECT pg_catalog.set_config('client_encoding', 'SJIS', false)", ProtectedSetting),
+    ("PREPARE p AS SELECT set_config('client_encoding', 'UTF8', false)", ProtectedSetting),
+    ("DO $$ BEGIN PERFORM set_config('client_encoding', 'SJIS', false); END $$", ProtectedSetting),
+    ("DO $$ BEGIN SET client_encoding = 'LATIN1'; END $$", ProtectedSetting),
+    ("CREATE VIEW v AS SELECT set_config('client_encoding', 'SJIS', false)", ProtectedSetting),
+    ("DECLARE c CURSOR FOR SELECT set_config('client_encoding', 'GBK', false)", ProtectedSetting),
+    ("CREATE RULE r AS ON INSERT TO t DO ALSO SELECT set_config('client_encoding', 'UHC', false)", ProtectedSetting),
+    ("CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT set_config('client_encoding', 'SJIS', false) $$", FunctionBody),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET client_encoding = 'SJIS' AS 'SELECT 1'", FunctionBody),
+    ("CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SET client_encoding TO 'SJIS'; END $$", FunctionBody),
     ("SET NAMES 'BIG5'", ProtectedSetting),
     // A backslash hides the SET from a reader with standard_conforming_strings on.
     ("SELECT 'a\\' -- '; SET app.current_tenant = 'B'; --'", ProtectedSetting),
@@ -270,6 +282,9 @@ fn edge_cases_that_must_pass() {
         "SELECT 1\0SET app.current_tenant = 'b'",
         "SELECT 'C:\\' AS dir",
         "SELECT set_config('client_encoding', 'UTF8', false)",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'GBK'",
+        "SELECT pg_catalog.set_config('client_encoding', 'LATIN1', false)",
     ] {
         assert_eq!(guard.check(sql), Verdict::Allow, "{sql:?}");
     }

@@ -48,6 +48,9 @@ pub(super) struct Walker<'p> {
     depth: u8,
     /// Inside CREATE VIEW: a view over pg_settings can be updated to change settings.
     in_view: bool,
+    /// Inside SQL that runs later, not as this statement (PREPARE, CREATE RULE,
+    /// DECLARE CURSOR, CREATE VIEW).
+    deferred: bool,
     /// RESET ALL / DISCARD ALL will run: the proxy must re-apply the tenant context.
     pub(super) reapply: bool,
 }
@@ -59,6 +62,7 @@ impl<'p> Walker<'p> {
             scope,
             depth,
             in_view: false,
+            deferred: false,
             reapply: false,
         }
     }
@@ -148,8 +152,16 @@ impl<'p> Walker<'p> {
             }
             "ViewStmt" => {
                 let outer = mem::replace(&mut self.in_view, true);
+                let deferred = mem::replace(&mut self.deferred, true);
                 let result = self.visit(child, text);
                 self.in_view = outer;
+                self.deferred = deferred;
+                result
+            }
+            "PrepareStmt" | "RuleStmt" | "DeclareCursorStmt" => {
+                let outer = mem::replace(&mut self.deferred, true);
+                let result = self.visit(child, text);
+                self.deferred = outer;
                 result
             }
             _ => self.visit(child, text),
@@ -215,6 +227,17 @@ impl<'p> Walker<'p> {
     }
 
     fn client_encoding(&self, value: Option<&Value>) -> Result<(), Finding> {
+        // Only where the session sees it happen: a statement of its own, now (not in a
+        // function, DO block, view, rule, cursor or PREPARE that runs later, unseen, and
+        // would make the server read the next message in an encoding the guard does not).
+        if self.scope != Scope::Session || self.depth > 0 || self.deferred {
+            return Err(self.refuse(
+                Rule::ProtectedSetting,
+                "changing client_encoding is allowed only as a statement of its own (SET \
+                 client_encoding, SET NAMES, SELECT set_config(...)), not inside functions, \
+                 DO blocks, views, rules, cursors or PREPARE",
+            ));
+        }
         // Only a constant naming an allowed encoding: the session predicts the change
         // from the constants of the statement (crate::encoding::changes_of).
         match value.map(classify) {
