@@ -24,6 +24,7 @@ mod policy;
 mod pool;
 mod protocol;
 mod psql;
+mod redteam;
 mod restart;
 mod security;
 mod session;
