@@ -25,6 +25,7 @@ mod policy;
 mod pool;
 mod protocol;
 mod psql;
+mod redteam;
 mod redteam2;
 mod restart;
 mod sealed;
