@@ -326,7 +326,6 @@ async fn reapply_skipped(mode: PoolMode, split: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: re-applied context skipped after RESET ALL committed in a pipeline (session); tenant setting left ''"]
 async fn redteam_reapply_skipped_after_committed_reset_session() {
     reapply_skipped(PoolMode::Session, false).await;
 }
@@ -337,7 +336,6 @@ async fn redteam_reapply_skipped_after_committed_reset_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: re-applied context skipped (error Flush-ed, Query in a later write, session)"]
 async fn redteam_reapply_skipped_across_writes_session() {
     reapply_skipped(PoolMode::Session, true).await;
 }
@@ -463,7 +461,6 @@ async fn redteam_statement_names_as_directly() {
 /// error, before the Sync) is answered by the proxy, which forgets the statement at
 /// once; directly the Close is skipped and the statement still exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: a Close skipped after an error still drops the client's statement (26000 where PostgreSQL runs it)"]
 async fn redteam_skipped_close_keeps_the_statement() {
     let env = one_server(PoolMode::Transaction).await;
     let mut through = Raw::connect(env.port(), "mallory", &env.token("acme")).await;
@@ -490,7 +487,7 @@ async fn redteam_skipped_close_keeps_the_statement() {
 /// server under the client's name, which the server does not hold (it holds the renamed
 /// one): 26000 where PostgreSQL deallocates, and the statement stays reachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: DEALLOCATE of a protocol-prepared statement fails with 26000 in transaction mode"]
+#[ignore = "KNOWN LIMIT (docs/isolation.md): SQL DEALLOCATE of a protocol-prepared statement fails with 26000 in transaction mode (server-side names differ); fails closed"]
 async fn redteam_sql_deallocate_of_protocol_statement() {
     let env = one_server(PoolMode::Transaction).await;
     let mut through = Raw::connect(env.port(), "mallory", &env.token("acme")).await;
@@ -543,7 +540,6 @@ async fn redteam_shared_statement_text_keeps_tenants_apart() {
 /// client's context binds a server that nothing releases: the client holds the only
 /// server outside any transaction, and the next tenant cannot get one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: a lone Flush (or CopyData) binds a server that is never released (transaction mode)"]
 async fn redteam_lone_flush_does_not_hold_the_server() {
     for lone in [b'd', b'H'] {
         let env = one_server(PoolMode::Transaction).await;
@@ -570,7 +566,6 @@ async fn redteam_lone_flush_does_not_hold_the_server() {
 /// Transaction mode: Close of a named statement is answered by the proxy itself; with a
 /// Flush behind it (no Sync) the CloseComplete must still arrive, as directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING: synthetic CloseComplete withheld until the server sends something (Close + Flush hangs)"]
 async fn redteam_close_then_flush_is_answered() {
     let env = one_server(PoolMode::Transaction).await;
     let mut attacker = Raw::connect(env.port(), "mallory", &env.token("acme")).await;

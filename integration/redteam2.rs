@@ -373,7 +373,7 @@ async fn plan_dumps_do_not_show_the_seal() {
 /// A PostgreSQL holding only acme's data would report acme's 3 customers in its
 /// statistics and sequence; the shared tables report every tenant's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FINDING (side channel, also after policy apply): pg_class.reltuples, pg_stat_user_tables.n_live_tup/n_tup_ins, pg_relation_size and nextval of the shared bigserial reveal other tenants' row counts and insert activity"]
+#[ignore = "KNOWN LIMIT (docs/isolation.md; side channel, also after policy apply): pg_class.reltuples, pg_stat_user_tables.n_live_tup/n_tup_ins, pg_relation_size and nextval of the shared bigserial reveal other tenants' row counts and insert activity"]
 async fn statistics_reveal_other_tenants_row_counts() {
     let env = Env::start().await;
     env.admin()
@@ -394,14 +394,11 @@ async fn statistics_reveal_other_tenants_row_counts() {
         ),
         ("SELECT nextval('customers_id_seq')::text", "4"),
     ] {
-        match c.simple_query(sql).await {
-            Ok(m) => {
-                let r = rows(&m);
-                if r != vec![vec![alone.to_owned()]] {
-                    leaks.push(format!("{sql} -> {r:?} (alone: {alone})"));
-                }
+        if let Ok(m) = c.simple_query(sql).await {
+            let r = rows(&m);
+            if r != vec![vec![alone.to_owned()]] {
+                leaks.push(format!("{sql} -> {r:?} (alone: {alone})"));
             }
-            Err(_) => {}
         }
     }
     assert!(leaks.is_empty(), "{leaks:#?}");

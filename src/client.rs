@@ -352,6 +352,12 @@ impl Session<'_> {
         let mut pos = 0;
         loop {
             let (tag, start, end) = match self.up.step(&self.cbuf, pos, wanted_up).map_err(proto)? {
+                Step::Pass { end, .. } if self.server.is_none() => {
+                    // CopyData between transactions: ignored by PostgreSQL outside a COPY.
+                    self.cbuf.advance(end);
+                    pos = 0;
+                    continue;
+                }
                 Step::Pass { end, .. } => {
                     pos = end;
                     continue;
@@ -365,6 +371,14 @@ impl Session<'_> {
             if tag == fe::TERMINATE {
                 self.queue(start);
                 return Ok(true);
+            }
+            if self.server.is_none() && owes_nothing(tag) {
+                // Transaction mode between transactions: a Flush, or COPY messages outside
+                // a COPY, do nothing on a server (as directly); binding one for them would
+                // hold it with nothing owed, never released.
+                self.cbuf.advance(end);
+                pos = 0;
+                continue;
             }
             if self.server.is_none() {
                 // Nothing precedes the first message of a transaction (start == 0 here):
@@ -386,11 +400,9 @@ impl Session<'_> {
                 self.reapply_after_sync = false;
                 self.queue(pos);
                 pos = 0;
-                self.ctx.encode_reapply(&mut self.to_server);
-                self.pipeline.proxy(false);
-                // The context's own unnamed Parse replaced the client's.
-                self.unnamed_here = false;
+                self.reapply();
             }
+            self.after_accounting(true)?;
         }
         if pos > 0 {
             if self.server.is_none() {
@@ -398,7 +410,55 @@ impl Session<'_> {
             }
             self.queue(pos);
         }
+        self.emit_due_replies().await?;
         Ok(false)
+    }
+
+    /// Queues the settings again (after the client's RESET ALL / DISCARD ALL).
+    fn reapply(&mut self) {
+        self.ctx.encode_reapply(&mut self.to_server);
+        self.pipeline.proxy(false);
+        // The context's own unnamed Parse replaced the client's.
+        self.unnamed_here = false;
+    }
+
+    /// Acts on what the pipeline learned from the last message: statements whose Close
+    /// the server skipped exist again; a proxy statement the server skipped did not take
+    /// effect: the tenant context ends the session, a re-applied context is sent again
+    /// right away (`queued`: at the end of what is queued for the server; otherwise only
+    /// when nothing is queued, else after the client's next sync point).
+    pub(super) fn after_accounting(&mut self, queued: bool) -> Result<(), ClientError> {
+        for (name, stmt) in self.pipeline.take_unclosed() {
+            self.statements.restore(name, stmt);
+        }
+        match self.pipeline.take_skipped_proxy() {
+            None => Ok(()),
+            Some(true) => Err(ClientError::ContextFailed(
+                "the server skipped the tenant context (an earlier error in the pipeline)".into(),
+            )),
+            Some(false) if queued || self.to_server.is_empty() => {
+                self.reapply();
+                Ok(())
+            }
+            Some(false) => {
+                self.reapply_after_sync = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes replies the proxy gives itself that are due (nothing the server owes comes
+    /// before them), e.g. the CloseComplete of a Close followed by a Flush.
+    async fn emit_due_replies(&mut self) -> Result<(), ClientError> {
+        let mut wrote = false;
+        while let Some(bytes) = self.pipeline.take_synthetic() {
+            self.client.write_all(&bytes).await?;
+            wrote = true;
+        }
+        if wrote {
+            self.client.flush().await?;
+        }
+        Ok(())
     }
 
     /// Ends the session (the server is closed, not pooled) once the replies the server
@@ -437,6 +497,11 @@ fn desync_error(why: &str) -> ClientError {
 
 fn proto(e: protocol::FrameError) -> ClientError {
     ClientError::Protocol(e.to_string())
+}
+
+/// Client messages that get no reply and change nothing on a server outside a COPY.
+fn owes_nothing(tag: u8) -> bool {
+    matches!(tag, fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL)
 }
 
 fn wanted_up(tag: u8) -> bool {

@@ -63,8 +63,9 @@ enum Expect {
     Proxy { critical: bool, simple: bool },
     /// A proxy message answered by one message (ParseComplete/CloseComplete): consumed.
     SwallowOne(Reply, Option<Parsed>),
-    /// A reply the proxy produces itself, in order (the server never sees the message).
-    Synthetic(BytesMut),
+    /// A reply the proxy produces itself, in order (the server never sees the message);
+    /// for a Close of a client statement, that statement (restored if it is skipped).
+    Synthetic(BytesMut, Option<(String, Arc<Statement>)>),
     /// A refused client message, replaced by a marker statement that fails at the same
     /// point: its ErrorResponse is swapped for this SQLSTATE and message. Tied to its
     /// place in the pipeline, so a marker the server skips takes its refusal with it.
@@ -110,6 +111,11 @@ pub struct Pipeline {
     /// than COPY data into a running COPY FROM STDIN, which the server takes as the
     /// copy's error and consumes): the session must end and the server be closed.
     desync: Option<&'static str>,
+    /// A proxy statement (Parse/Bind/Execute/.../Sync) that the server skips but for its
+    /// Sync, so it did not take effect; whether it was critical.
+    skipped_proxy: Option<bool>,
+    /// Statements a skipped Close of the client's did not close after all.
+    unclosed: Vec<(String, Arc<Statement>)>,
 }
 
 impl Pipeline {
@@ -137,9 +143,13 @@ impl Pipeline {
             self.sent_into_copy();
         }
         if self.skipping {
-            if let Expect::Client(_, Some(parsed)) | Expect::SwallowOne(_, Some(parsed)) = e {
-                // As directly: a skipped Parse creates nothing.
-                self.failed_parses.push(parsed);
+            match e {
+                // As directly: a skipped Parse creates nothing, a skipped Close closes nothing.
+                Expect::Client(_, Some(parsed)) | Expect::SwallowOne(_, Some(parsed)) => {
+                    self.failed_parses.push(parsed)
+                }
+                Expect::Synthetic(_, Some(closed)) => self.unclosed.push(closed),
+                _ => {}
             }
             return false;
         }
@@ -240,7 +250,10 @@ impl Pipeline {
         if self.copy_in {
             self.sent_into_copy();
         }
-        self.skipping = false;
+        if std::mem::take(&mut self.skipping) {
+            // Its Parse/Bind/Execute are skipped; only its Sync is answered.
+            self.skipped_proxy = Some(critical || self.skipped_proxy == Some(true));
+        }
         self.q.push_back(Expect::Proxy {
             critical,
             simple: false,
@@ -282,7 +295,23 @@ impl Pipeline {
     /// A reply the proxy gives itself (nothing when the server would have skipped the
     /// message, as directly).
     pub fn synthetic(&mut self, bytes: BytesMut) {
-        self.push(Expect::Synthetic(bytes));
+        self.push(Expect::Synthetic(bytes, None));
+    }
+
+    /// The CloseComplete for a Close of the client's statement `name`, which the proxy
+    /// answers itself. False when the server skips the message (the statement stays).
+    pub fn synthetic_close(&mut self, bytes: BytesMut, name: String, stmt: Arc<Statement>) -> bool {
+        self.push(Expect::Synthetic(bytes, Some((name, stmt))))
+    }
+
+    /// A proxy statement the server skipped (see `skipped_proxy`), once.
+    pub fn take_skipped_proxy(&mut self) -> Option<bool> {
+        self.skipped_proxy.take()
+    }
+
+    /// Client statements whose Close the server skipped (they exist after all).
+    pub fn take_unclosed(&mut self) -> Vec<(String, Arc<Statement>)> {
+        std::mem::take(&mut self.unclosed)
     }
 
     /// True when the next server message belongs to the proxy (and must be read whole).
@@ -296,8 +325,8 @@ impl Pipeline {
     /// Synthetic replies that are due now (nothing the server owes comes before them).
     pub fn take_synthetic(&mut self) -> Option<BytesMut> {
         self.skip_markers();
-        if let Some(Expect::Synthetic(_)) = self.q.front() {
-            if let Some(Expect::Synthetic(b)) = self.q.pop_front() {
+        if let Some(Expect::Synthetic(..)) = self.q.front() {
+            if let Some(Expect::Synthetic(b, _)) = self.q.pop_front() {
                 return Some(b);
             }
         }
@@ -315,7 +344,7 @@ impl Pipeline {
             Expect::Refused(_, code, message) if tag == be::ERROR_RESPONSE => {
                 Disposition::Refuse(code, message.clone())
             }
-            Expect::Client(..) | Expect::Refused(..) | Expect::Synthetic(_) | Expect::CopyEnd => {
+            Expect::Client(..) | Expect::Refused(..) | Expect::Synthetic(..) | Expect::CopyEnd => {
                 Disposition::Forward
             }
             Expect::Proxy { critical, .. } if tag == be::ERROR_RESPONSE => {
@@ -377,10 +406,16 @@ impl Pipeline {
             Some(Expect::Proxy { .. }) => {}
             Some(_) => {
                 while let Some(e) = self.q.front() {
-                    if matches!(
-                        e,
-                        Expect::Client(Reply::Sync, _) | Expect::Proxy { simple: false, .. }
-                    ) {
+                    if matches!(e, Expect::Client(Reply::Sync, _)) {
+                        return;
+                    }
+                    if let Expect::Proxy {
+                        simple: false,
+                        critical,
+                    } = e
+                    {
+                        // Its own Sync ends the skipping, but its statements are skipped.
+                        self.skipped_proxy = Some(*critical || self.skipped_proxy == Some(true));
                         return;
                     }
                     match self.q.pop_front() {
@@ -390,6 +425,7 @@ impl Pipeline {
                         Some(Expect::Proxy { critical: true, .. }) => {
                             self.desync = Some("a reset of the server was skipped");
                         }
+                        Some(Expect::Synthetic(_, Some(closed))) => self.unclosed.push(closed),
                         _ => {}
                     }
                 }

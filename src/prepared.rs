@@ -85,6 +85,12 @@ impl ClientStatements {
         self.map.remove(name);
     }
 
+    /// A Close of `name` that the server skipped: the statement is there again, unless
+    /// the name was parsed anew since.
+    pub fn restore(&mut self, name: String, stmt: Arc<Statement>) {
+        self.map.entry(name).or_insert(stmt);
+    }
+
     pub fn clear(&mut self) {
         self.map.clear();
     }

@@ -137,11 +137,16 @@ impl Session<'_> {
                     self.pipeline.client(reply);
                     return Ok(None);
                 }
-            } else {
-                self.statements.close(&named);
             }
-            self.pipeline
-                .synthetic(BytesMut::from(&super::messages::CLOSE_COMPLETE[..]));
+            let done = BytesMut::from(&super::messages::CLOSE_COMPLETE[..]);
+            match self.statements.get(&named).cloned() {
+                // Closed now; restored if the server skips the Close (`take_unclosed`).
+                Some(stmt) if !named.is_empty() => {
+                    self.statements.close(&named);
+                    self.pipeline.synthetic_close(done, named, stmt);
+                }
+                _ => self.pipeline.synthetic(done),
+            }
             return Ok(Some(BytesMut::new()));
         }
         if let Some(missing) = self.unreachable_statement(&named) {

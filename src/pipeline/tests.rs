@@ -223,3 +223,48 @@ fn messages_sent_into_a_copy_cannot_be_followed() {
     p.on_message(b'Z');
     assert!(p.is_empty());
 }
+
+#[test]
+fn a_proxy_statement_behind_an_error_is_reported_skipped() {
+    // Queued before the error arrived: its Parse/Bind/Execute are skipped.
+    let mut p = Pipeline::default();
+    p.client(Reply::Parse);
+    p.client(Reply::UntilReady);
+    p.proxy(false);
+    p.sync();
+    p.on_message(b'E');
+    assert_eq!(p.take_skipped_proxy(), Some(false));
+    assert_eq!(p.on_message(b'Z'), Disposition::Swallow);
+    assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+    assert!(p.is_empty());
+    // Queued while the server skips.
+    let mut p = Pipeline::default();
+    p.client(Reply::Bind);
+    p.on_message(b'E');
+    p.proxy(true);
+    assert_eq!(p.take_skipped_proxy(), Some(true));
+    assert_eq!(p.on_message(b'Z'), Disposition::Swallow);
+    assert!(p.is_empty());
+}
+
+#[test]
+fn a_skipped_close_leaves_the_statement() {
+    use crate::prepared::ClientStatements;
+    let mut parse = BytesMut::new();
+    crate::protocol::put_parse(&mut parse, "s1", "SELECT 1");
+    let stmt = ClientStatements::default().on_parse(&parse).unwrap();
+    let mut p = Pipeline::default();
+    p.client(Reply::Parse);
+    assert!(p.synthetic_close(BytesMut::new(), "s1".into(), stmt.clone()));
+    p.sync();
+    p.on_message(b'E');
+    let unclosed = p.take_unclosed();
+    assert_eq!(unclosed.len(), 1);
+    assert_eq!(unclosed[0].0, "s1");
+    // While skipping (no Sync queued yet), not even queued.
+    let mut p = Pipeline::default();
+    p.client(Reply::Parse);
+    p.on_message(b'E');
+    assert!(!p.synthetic_close(BytesMut::new(), "s1".into(), stmt));
+    assert_eq!(p.take_unclosed().len(), 1);
+}
