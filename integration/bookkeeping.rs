@@ -243,8 +243,15 @@ async fn a_copy_left_open_never_hands_its_server_on() {
         query(&mut b, "BEGIN");
         b
     };
-    for (what, bytes) in [("simple", simple), ("extended", extended)] {
-        let env = one_server(PoolMode::Transaction, true).await;
+    let cases = MODES.iter().flat_map(|m| {
+        [
+            (*m, "simple", simple.clone()),
+            (*m, "extended", extended.clone()),
+        ]
+    });
+    for (mode, what, bytes) in cases {
+        let what = format!("{mode:?} {what}");
+        let env = one_server(mode, true).await;
         let admin = env.admin().await;
         // COPY FROM is refused on tables with RLS; a plain table takes it.
         admin
@@ -324,8 +331,14 @@ async fn a_copy_left_open_never_hands_its_server_on() {
 /// server stays usable for the next tenant).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_after_an_error_owe_no_phantom_replies() {
+    for mode in MODES {
+        phantom_replies(mode).await;
+    }
+}
+
+async fn phantom_replies(mode: PoolMode) {
     let env = Env::with(|c| {
-        c.pool.mode = PoolMode::Transaction;
+        c.pool.mode = mode;
         c.pool.size = 1;
         c.pool.acquire_timeout = Duration::from_secs(3);
     })
@@ -350,13 +363,17 @@ async fn messages_after_an_error_owe_no_phantom_replies() {
         raw.send(&later).await;
         out.extend(summarize(&raw.until_ready(2).await));
     }
-    assert_eq!(got.0, got.1, "as directly");
-    assert_eq!(got.0.len(), 6, "{:?}", got.0); // E; Z for the Sync; T D C Z
-                                               // The only server is free again: another tenant gets it at once.
+    assert_eq!(got.0, got.1, "{mode:?}: as directly");
+    // E; Z for the Sync; T D C Z.
+    assert_eq!(got.0.len(), 6, "{:?}", got.0);
+    assert_eq!(raw_view(&mut through).await, ("acme".into(), "acme".into()));
+    if mode == PoolMode::Session {
+        drop(through);
+    }
+    // The only server is free again: another tenant gets it at once.
     let other = env.connect("globex").await;
     let rows = visible_customers(&other).await;
     assert!(rows.len() == 2 && rows.iter().all(|(t, _)| t == "globex"));
-    assert_eq!(raw_view(&mut through).await, ("acme".into(), "acme".into()));
 }
 
 /// A `DISCARD ALL` that fails (inside a transaction block) leaves the server's prepared
