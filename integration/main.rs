@@ -27,6 +27,7 @@ mod protocol;
 mod psql;
 mod redteam;
 mod redteam2;
+mod redteam3;
 mod restart;
 mod sealed;
 mod security;
