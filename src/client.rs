@@ -269,7 +269,8 @@ impl Session<'_> {
             return None;
         }
         let pool = &self.state.config.pool;
-        let (kind, limit) = if self.tx != TxStatus::Idle || self.extended_open {
+        let open = self.extended_open || self.pipeline.batch_open();
+        let (kind, limit) = if self.tx != TxStatus::Idle || open {
             (IdleTimeout::Transaction, pool.idle_transaction_timeout)
         } else if self.pinned.is_some() && !pool.pinned_idle_timeout.is_zero() {
             (IdleTimeout::Pinned, pool.pinned_idle_timeout)
@@ -396,13 +397,17 @@ impl Session<'_> {
                 }
                 None => end,
             };
-            if self.reapply_after_sync && (tag == fe::QUERY || tag == fe::SYNC) {
+            // Only where the server cannot be skipping to a Sync: after a Sync, or after a
+            // Query with no unsynced extended message before it. Its own Sync would end
+            // the server's skipping early and run messages PostgreSQL would skip.
+            let settled = tag == fe::SYNC || (tag == fe::QUERY && !self.extended_open);
+            if self.reapply_after_sync && settled {
                 self.reapply_after_sync = false;
                 self.queue(pos);
                 pos = 0;
                 self.reapply();
             }
-            self.after_accounting(true)?;
+            self.after_accounting()?;
         }
         if pos > 0 {
             if self.server.is_none() {
@@ -425,9 +430,9 @@ impl Session<'_> {
     /// Acts on what the pipeline learned from the last message: statements whose Close
     /// the server skipped exist again; a proxy statement the server skipped did not take
     /// effect: the tenant context ends the session, a re-applied context is sent again
-    /// right away (`queued`: at the end of what is queued for the server; otherwise only
-    /// when nothing is queued, else after the client's next sync point).
-    pub(super) fn after_accounting(&mut self, queued: bool) -> Result<(), ClientError> {
+    /// at the client's next settled point (see `on_client_data`; re-applied contexts are
+    /// only sent where the server is not skipping, so this is a safety net).
+    pub(super) fn after_accounting(&mut self) -> Result<(), ClientError> {
         for (name, stmt) in self.pipeline.take_unclosed() {
             self.statements.restore(name, stmt);
         }
@@ -436,10 +441,6 @@ impl Session<'_> {
             Some(true) => Err(ClientError::ContextFailed(
                 "the server skipped the tenant context (an earlier error in the pipeline)".into(),
             )),
-            Some(false) if queued || self.to_server.is_empty() => {
-                self.reapply();
-                Ok(())
-            }
             Some(false) => {
                 self.reapply_after_sync = true;
                 Ok(())

@@ -116,6 +116,12 @@ pub struct Pipeline {
     skipped_proxy: Option<bool>,
     /// Statements a skipped Close of the client's did not close after all.
     unclosed: Vec<(String, Arc<Statement>)>,
+    /// The running COPY was started by an extended-protocol Execute.
+    copy_extended: bool,
+    /// A Sync of an extended COPY's batch was ignored in copy mode: the server keeps the
+    /// batch (and its implicit transaction) open until the client's next Sync, even
+    /// when every reply has come.
+    batch_open: bool,
 }
 
 impl Pipeline {
@@ -163,11 +169,19 @@ impl Pipeline {
     pub fn sync(&mut self) {
         if self.copy_in {
             self.copy_dropped = true;
+            self.batch_open |= self.copy_extended;
         } else {
-            // A Sync ends the skipping and is answered.
+            // A Sync ends the skipping and the batch, and is answered.
             self.skipping = false;
+            self.batch_open = false;
             self.q.push_back(Expect::Client(Reply::Sync, None));
         }
+    }
+
+    /// True while the server holds an extended batch open that only the client's next
+    /// Sync ends (see `batch_open`): not a boundary, though nothing is owed.
+    pub fn batch_open(&self) -> bool {
+        self.batch_open
     }
 
     /// True when the server's replies may no longer match what is expected (see
@@ -198,12 +212,14 @@ impl Pipeline {
         self.copy_in = true;
         self.copy_active = true;
         self.copy_dropped = false;
+        self.copy_extended = matches!(self.q.front(), Some(Expect::Client(Reply::Execute, _)));
         let mut i = 1;
         while i < self.q.len() {
             match self.q[i] {
                 Expect::Client(Reply::Sync, _) => {
                     self.q.remove(i);
                     self.copy_dropped = true;
+                    self.batch_open |= self.copy_extended;
                 }
                 Expect::CopyEnd => {
                     self.q.remove(i);

@@ -46,13 +46,20 @@ impl StatementNamer {
 pub struct ClientStatements {
     map: HashMap<String, Arc<Statement>>,
     namer: StatementNamer,
+    /// Recently forgotten (client name, server name) pairs: a message pipelined behind a
+    /// Parse that failed may still name the server name in its error.
+    forgotten: std::collections::VecDeque<(String, String)>,
 }
+
+/// Forgotten names kept for error messages.
+const FORGOTTEN_KEPT: usize = 32;
 
 impl ClientStatements {
     pub fn new(namer: StatementNamer) -> ClientStatements {
         ClientStatements {
             map: HashMap::new(),
             namer,
+            forgotten: Default::default(),
         }
     }
 
@@ -97,7 +104,17 @@ impl ClientStatements {
 
     /// Forgets `stmt` (its Parse failed), unless the name was parsed again since.
     pub fn forget(&mut self, stmt: &Arc<Statement>) {
-        self.map.retain(|_, s| !Arc::ptr_eq(s, stmt));
+        let forgotten = &mut self.forgotten;
+        self.map.retain(|name, s| {
+            let keep = !Arc::ptr_eq(s, stmt);
+            if !keep {
+                if forgotten.len() == FORGOTTEN_KEPT {
+                    forgotten.pop_front();
+                }
+                forgotten.push_back((name.clone(), s.server_name.clone()));
+            }
+            keep
+        });
     }
 }
 
@@ -113,7 +130,15 @@ impl ClientStatements {
         let at = msg.windows(prefix.len()).position(|w| w == prefix)?;
         let len = SERVER_PREFIX.len() + 16;
         let server = std::str::from_utf8(msg.get(at..at + len)?).ok()?;
-        let (client, _) = self.map.iter().find(|(_, s)| s.server_name == server)?;
+        let client = self
+            .map
+            .iter()
+            .find(|(_, s)| s.server_name == server)
+            .map(|(c, _)| c)
+            .or_else(|| {
+                let mut recent = self.forgotten.iter().rev();
+                recent.find(|(_, s)| s == server).map(|(c, _)| c)
+            })?;
         protocol::replace_in_error(msg, server, client)
     }
 }

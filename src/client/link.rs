@@ -145,6 +145,7 @@ impl Session<'_> {
     /// True when nothing is in flight between client and server.
     pub(super) fn at_boundary(&self) -> bool {
         self.pipeline.is_empty()
+            && !self.pipeline.batch_open()
             && !self.extended_open
             && !self.reapply_after_sync
             && self.up.at_boundary()

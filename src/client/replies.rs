@@ -162,7 +162,7 @@ impl Session<'_> {
             server.note_parameter(&n, &v);
         }
         self.client.flush().await?;
-        self.after_accounting(false)?;
+        self.after_accounting()?;
         self.maybe_release().await;
         Ok(())
     }

@@ -268,3 +268,34 @@ fn a_skipped_close_leaves_the_statement() {
     assert!(!p.synthetic_close(BytesMut::new(), "s1".into(), stmt));
     assert_eq!(p.take_unclosed().len(), 1);
 }
+
+#[test]
+fn an_extended_copy_whose_sync_was_ignored_keeps_its_batch_open() {
+    // Bind, Execute (COPY ... FROM STDIN), Sync; CopyInResponse; CopyDone; no Sync yet.
+    let mut p = Pipeline::default();
+    p.client(Reply::Bind);
+    p.client(Reply::Execute);
+    p.sync();
+    p.on_message(b'2');
+    p.on_message(be::COPY_IN_RESPONSE);
+    p.copy_end();
+    p.on_message(b'C');
+    assert!(p.is_empty(), "nothing is owed");
+    assert!(
+        p.batch_open(),
+        "but the server waits for a Sync, inside the transaction"
+    );
+    p.sync();
+    assert!(!p.batch_open());
+    p.on_message(b'Z');
+    assert!(p.is_empty());
+    // A simple-Query COPY ends with its own ReadyForQuery: nothing stays open.
+    let mut p = Pipeline::default();
+    p.client(Reply::UntilReady);
+    p.sync();
+    p.on_message(be::COPY_IN_RESPONSE);
+    p.copy_end();
+    p.on_message(b'C');
+    p.on_message(b'Z');
+    assert!(p.is_empty() && !p.batch_open());
+}
