@@ -11,7 +11,7 @@ use postgres_protocol::message::frontend;
 use postgres_protocol::IsNull;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{summarize, visible_customers, Env, Raw, RawMessage};
+use crate::harness::{data_rows, summarize, visible_customers, Env, Raw};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -43,30 +43,6 @@ fn bind(buf: &mut BytesMut, stmt: &str, params: &[&str]) {
 
 fn query(buf: &mut BytesMut, sql: &str) {
     frontend::query(sql, buf).unwrap();
-}
-
-/// The text values of the DataRows in `msgs`.
-fn data_rows(msgs: &[RawMessage]) -> Vec<Vec<String>> {
-    msgs.iter()
-        .filter(|(tag, _)| *tag == b'D')
-        .map(|(_, body)| {
-            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let mut pos = 2;
-            let mut row = Vec::with_capacity(n);
-            for _ in 0..n {
-                let len = i32::from_be_bytes(body[pos..pos + 4].try_into().unwrap());
-                pos += 4;
-                if len < 0 {
-                    row.push("NULL".to_owned());
-                    continue;
-                }
-                let end = pos + len as usize;
-                row.push(String::from_utf8_lossy(&body[pos..end]).into_owned());
-                pos = end;
-            }
-            row
-        })
-        .collect()
 }
 
 /// What a raw session holds: its tenant setting, and the tenants of the customers it

@@ -297,14 +297,29 @@ impl Raw {
     /// Starts up as `user` on database `app`, answering a cleartext password request
     /// with `password`, and reads up to the first ReadyForQuery.
     pub async fn connect(port: u16, user: &str, password: &str) -> Raw {
+        Raw::connect_with(port, user, password, &[]).await.0
+    }
+
+    /// Like [`Raw::connect`] with extra startup parameters; also returns the
+    /// ParameterStatus values the login reported, in order.
+    pub async fn connect_with(
+        port: u16,
+        user: &str,
+        password: &str,
+        startup: &[(&str, &str)],
+    ) -> (Raw, Vec<(String, String)>) {
         use postgres_protocol::message::frontend;
         let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("raw connect");
         let mut raw = Raw { s, key: None };
         let mut buf = bytes::BytesMut::new();
-        frontend::startup_message([("user", user), ("database", "app")], &mut buf).unwrap();
+        let params = [("user", user), ("database", "app")]
+            .into_iter()
+            .chain(startup.iter().copied());
+        frontend::startup_message(params, &mut buf).unwrap();
         raw.send(&buf).await;
+        let mut reported = Vec::new();
         loop {
             let (tag, body) = raw.read().await;
             match (tag, body.get(..4)) {
@@ -320,8 +335,14 @@ impl Raw {
                         i32::from_be_bytes(secret.try_into().unwrap()),
                     ));
                 }
+                (b'S', _) => {
+                    let mut parts = body.split(|b| *b == 0);
+                    let name = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                    let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                    reported.push((name.into_owned(), value.into_owned()));
+                }
                 (b'E', _) => panic!("raw login failed: {}", String::from_utf8_lossy(&body)),
-                (b'Z', _) => return raw,
+                (b'Z', _) => return (raw, reported),
                 _ => {}
             }
         }
@@ -399,6 +420,30 @@ pub fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
                     .collect(),
             ),
             _ => None,
+        })
+        .collect()
+}
+
+/// The text values of the DataRows in `msgs` (NULL as "NULL").
+pub fn data_rows(msgs: &[RawMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| {
+            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut pos = 2;
+            let mut row = Vec::with_capacity(n);
+            for _ in 0..n {
+                let len = i32::from_be_bytes(body[pos..pos + 4].try_into().unwrap());
+                pos += 4;
+                if len < 0 {
+                    row.push("NULL".to_owned());
+                    continue;
+                }
+                let end = pos + len as usize;
+                row.push(String::from_utf8_lossy(&body[pos..end]).into_owned());
+                pos = end;
+            }
+            row
         })
         .collect()
 }

@@ -32,6 +32,7 @@ mod restart;
 mod sealed;
 mod security;
 mod session;
+mod state;
 mod tls;
 mod txn;
 mod upstream;

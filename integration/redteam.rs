@@ -9,7 +9,7 @@ use postgres_protocol::message::frontend;
 use postgres_protocol::IsNull;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{summarize, visible_customers, Env, Raw, RawMessage};
+use crate::harness::{data_rows, summarize, visible_customers, Env, Raw, RawMessage};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -75,29 +75,6 @@ fn function_call(buf: &mut BytesMut, oid: u32, args: &[&str]) {
     buf.put_i16(0);
     let len = (buf.len() - start - 1) as i32;
     buf[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-}
-
-fn data_rows(msgs: &[RawMessage]) -> Vec<Vec<String>> {
-    msgs.iter()
-        .filter(|(tag, _)| *tag == b'D')
-        .map(|(_, body)| {
-            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let mut pos = 2;
-            let mut row = Vec::with_capacity(n);
-            for _ in 0..n {
-                let len = i32::from_be_bytes(body[pos..pos + 4].try_into().unwrap());
-                pos += 4;
-                if len < 0 {
-                    row.push("NULL".to_owned());
-                    continue;
-                }
-                let end = pos + len as usize;
-                row.push(String::from_utf8_lossy(&body[pos..end]).into_owned());
-                pos = end;
-            }
-            row
-        })
-        .collect()
 }
 
 /// (tenant setting, distinct tenants of the visible customers, transaction status).

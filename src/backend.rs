@@ -312,26 +312,45 @@ impl ServerConn {
 
     /// Runs one simple query and returns the text columns of its first row.
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
+        self.query_rows(sql)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| proto_msg("query returned no row"))
+    }
+
+    /// Runs one simple query and returns the text columns of its rows.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut buf = BytesMut::new();
         protocol::put_query(&mut buf, sql);
-        self.stream.write_all(&buf).await?;
-        let mut row = None;
+        if let Err(e) = self.stream.write_all(&buf).await {
+            self.broken = true;
+            return Err(e.into());
+        }
+        let mut rows = Vec::new();
         let mut error = None;
         loop {
             let (tag, msg) = self.next_message().await?;
             match tag {
-                b'D' if row.is_none() => row = Some(parse_data_row(&msg)),
+                b'D' => rows.push(parse_data_row(&msg)),
                 protocol::backend::ERROR_RESPONSE => {
                     error = Some(protocol::parse_error_fields(&msg))
                 }
-                protocol::backend::READY_FOR_QUERY => break,
+                protocol::backend::READY_FOR_QUERY => {
+                    self.tx = TxStatus::from_byte(msg.get(5).copied().unwrap_or(0))
+                        .ok_or_else(|| proto_msg("bad ReadyForQuery"))?;
+                    break;
+                }
                 _ => {}
             }
         }
-        match (error, row) {
-            (Some(e), _) => Err(BackendError::Server(e)),
-            (None, Some(r)) => Ok(r),
-            (None, None) => Err(proto_msg("query returned no row")),
+        self.last_used = Instant::now();
+        match error {
+            Some(e) => Err(BackendError::Server(e)),
+            None => Ok(rows),
         }
     }
 

@@ -36,6 +36,7 @@ use crate::tenant::SessionContext;
 mod link;
 mod messages;
 mod replies;
+mod settings;
 mod statements;
 
 /// Read-buffer growth step; large enough to batch many small messages per syscall.
@@ -88,6 +89,9 @@ struct Session<'s> {
     marker: String,
     /// Re-apply the context after the client's next sync point.
     reapply_after_sync: bool,
+    /// Startup settings the client RESET: their startup values are set again after the
+    /// client's next sync point (a full re-application covers them).
+    reapply_names: Vec<String>,
     /// The client's last unnamed Parse (transaction mode), and whether the bound server
     /// has it (parsed by this client since the server was bound).
     unnamed: Option<BytesMut>,
@@ -106,6 +110,8 @@ struct Session<'s> {
     expires: std::time::SystemTime,
     /// The client encoding the server reads each message in (`crate::encoding`).
     encoding: ClientEncoding,
+    /// What the client was told of its settings, and the custom names it used.
+    settings: settings::ClientSettings,
 }
 
 /// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
@@ -171,6 +177,7 @@ pub async fn run_session(
             .register_tenant(pid, client.identity.tenant.as_ref());
     }
 
+    let told = settings::ClientSettings::new(server.params());
     let mut out = BytesMut::with_capacity(512);
     protocol::put_auth_ok(&mut out);
     for (name, value) in server.params() {
@@ -213,6 +220,7 @@ pub async fn run_session(
         key: (pid, secret),
         marker: format!("rlsgate_refused_{:08x}", rand::random::<u32>()),
         reapply_after_sync: false,
+        reapply_names: Vec::new(),
         unnamed: None,
         unnamed_here: false,
         server_fatal: false,
@@ -222,6 +230,7 @@ pub async fn run_session(
             .then(|| crate::channels::suffix(client.identity.tenant.as_ref())),
         tenant: client.identity.tenant.as_ref().to_owned(),
         expires: session_deadline(&state.config.auth.jwt, client.identity.exp),
+        settings: told,
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -403,9 +412,18 @@ impl Session<'_> {
             let settled = tag == fe::SYNC || (tag == fe::QUERY && !self.extended_open);
             if self.reapply_after_sync && settled {
                 self.reapply_after_sync = false;
+                self.reapply_names.clear();
                 self.queue(pos);
                 pos = 0;
                 self.reapply();
+            } else if !self.reapply_names.is_empty() && settled {
+                self.queue(pos);
+                pos = 0;
+                let names = std::mem::take(&mut self.reapply_names);
+                if self.ctx.encode_reapply_names(&mut self.to_server, &names) {
+                    self.pipeline.proxy(false);
+                    self.unnamed_here = false;
+                }
             }
             self.after_accounting()?;
         }

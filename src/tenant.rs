@@ -90,6 +90,12 @@ pub struct SessionContext {
 pub const SWITCH_RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
+/// The settings the session itself set (by SET or `set_config`, in any transaction that
+/// committed), as (name, hex of the UTF-8 value): hex so the text survives any client
+/// encoding the server connection is in.
+pub const SESSION_SETTINGS: &str = "SELECT name, pg_catalog.encode(pg_catalog.convert_to(setting, 'UTF8'), 'hex') \
+    FROM pg_catalog.pg_settings WHERE source = 'session'";
+
 /// Sent before a session runs on a clean server holding other client settings.
 pub const SETTINGS_RESET: &str = "RESET ALL";
 
@@ -126,6 +132,14 @@ impl SessionContext {
             }
             push_client_setting(&mut settings, owned, name.clone(), value.clone())?;
         }
+        if !settings[tenant_len..]
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("application_name"))
+        {
+            // As directly: a client that names no application has none (the pooled
+            // connection's own `rlsgate` is for the operator's idle servers).
+            push_client_setting(&mut settings, owned, "application_name".into(), String::new())?;
+        }
         // Client settings first, tenant context last: rotate the tenant block to the end.
         settings.rotate_left(tenant_len);
         Ok(SessionContext {
@@ -161,6 +175,31 @@ impl SessionContext {
     /// verified lives in `rlsgate.backend_context`, which neither of them touches.
     pub fn encode_reapply(&self, buf: &mut BytesMut) {
         encode_settings(buf, &self.settings, None);
+    }
+
+    /// Appends the bound `set_config` statement for the client settings named in
+    /// `names` (after the client's `RESET name` of a startup setting, which PostgreSQL
+    /// resets to the startup value, the pooled connection to its own). Returns whether
+    /// anything was appended.
+    pub fn encode_reapply_names(&self, buf: &mut BytesMut, names: &[String]) -> bool {
+        let chosen: Vec<(String, String)> = self
+            .client_settings()
+            .iter()
+            .filter(|(n, _)| names.iter().any(|m| m.eq_ignore_ascii_case(n)))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            return false;
+        }
+        encode_settings(buf, &chosen, None);
+        true
+    }
+
+    /// True when `name` is one of the client's startup settings.
+    pub fn is_client_setting(&self, name: &str) -> bool {
+        self.client_settings()
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// Appends the bound `set_config` statement for the tenant settings alone (with
@@ -211,6 +250,49 @@ impl SessionContext {
     /// `RESET ALL` / `DISCARD ALL`: every remembered `SET` is dropped.
     pub fn forget_all(&mut self) {
         self.replay.clear();
+    }
+
+    /// Transaction pooling, after a transaction that may have changed session settings
+    /// in ways the proxy cannot follow (a SET inside a transaction that committed or
+    /// rolled back, to a savepoint or not; `set_config` in a function; ...): the
+    /// remembered statements become the settings the server itself reports as set in
+    /// the session (`rows` of [`SESSION_SETTINGS`]), so the client's next transaction,
+    /// on whichever server, holds what it would hold directly. Owned settings are left
+    /// out (the proxy applies them), and so are the client's startup settings where the
+    /// server holds them unchanged.
+    pub fn adopt_session_settings(&mut self, owned: &OwnedSettings, rows: &[Vec<Option<String>>]) {
+        let mut replay = Vec::new();
+        for row in rows {
+            let (Some(Some(name)), Some(Some(hex))) = (row.first(), row.get(1)) else {
+                continue;
+            };
+            let Some(value) = hex::decode(hex).ok().and_then(|b| String::from_utf8(b).ok())
+            else {
+                continue;
+            };
+            if owned.contains(name) || name.starts_with("rlsgate.") {
+                continue;
+            }
+            let startup = self
+                .client_settings()
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == value);
+            if startup {
+                continue;
+            }
+            let sql = if name == "client_encoding" {
+                // A plain SET, which the encoding tracking reads (`encoding::of_settings`).
+                format!("SET client_encoding TO {}", protocol::quote_literal(&value))
+            } else {
+                format!(
+                    "SELECT pg_catalog.set_config({}, {}, false)",
+                    protocol::quote_literal(name),
+                    protocol::quote_literal(&value)
+                )
+            };
+            replay.push((name.clone(), sql));
+        }
+        self.replay = replay;
     }
 
     /// Appends one simple Query per remembered `SET`; returns how many.

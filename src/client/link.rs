@@ -80,7 +80,8 @@ impl Session<'_> {
         self.unnamed_here = false;
         let want = self.ctx.fingerprint();
         if obj.context != Some(want) || obj.dirty {
-            if obj.context.map(|c| c.client) != Some(want.client) || obj.dirty {
+            let replay = obj.context.map(|c| c.client) != Some(want.client) || obj.dirty;
+            if replay {
                 // Other settings, or the last session may have left state behind that
                 // rlsgate cannot see: nothing of it may remain.
                 if obj.context.is_some() || obj.dirty {
@@ -92,12 +93,17 @@ impl Session<'_> {
                 if self.ctx.encode_client(&mut self.to_server) {
                     self.pipeline.proxy(false);
                 }
+            }
+            self.ctx.encode_tenant(&mut self.to_server, obj.pid());
+            self.pipeline.proxy(true);
+            if replay {
+                // After the tenant context: a remembered `default_transaction_read_only`
+                // or `statement_timeout` applies to the client's statements, not to the
+                // proxy's `rlsgate.enter`.
                 for _ in 0..self.ctx.encode_replay(&mut self.to_server) {
                     self.pipeline.proxy_query(false);
                 }
             }
-            self.ctx.encode_tenant(&mut self.to_server, obj.pid());
-            self.pipeline.proxy(true);
             obj.context = Some(want);
             Metrics::inc(&self.state.metrics.context_applied);
         } else {
@@ -115,17 +121,15 @@ impl Session<'_> {
     }
 
     /// Transaction mode: returns the server once the client is idle at a boundary.
-    pub(super) async fn maybe_release(&mut self) {
+    pub(super) async fn maybe_release(&mut self) -> Result<(), ClientError> {
         if self.mode != PoolMode::Transaction
             || self.pinned.is_some()
             || !self.at_boundary()
             || self.tx != TxStatus::Idle
         {
-            return;
+            return Ok(());
         }
         if let Some(mut obj) = self.server.take() {
-            // The server now holds the client's context including any SET it just ran.
-            obj.context = Some(self.ctx.fingerprint());
             let gate = self.cancel_gate.clone();
             let _held = gate.lock().await;
             self.state.cancel.retarget(self.key.0, self.key.1, None);
@@ -136,10 +140,32 @@ impl Session<'_> {
                     .pool
                     .discard(obj, "replies in doubt after a failed COPY")
                     .await;
-            } else {
-                self.state.pool.release(obj);
+                return Ok(());
             }
+            if obj.dirty {
+                // It ran something that may have changed session settings (a SET in a
+                // transaction, `set_config`, a function): the session holds what the
+                // server now reports, on whichever server its next transaction runs.
+                let sql = self.settings.snapshot_sql();
+                let mut rows = obj.query_rows(&sql).await;
+                if rows.is_err() && !obj.broken {
+                    // A cancel the client sent just before the release may have hit it.
+                    rows = obj.query_rows(&sql).await;
+                }
+                match rows {
+                    Ok(rows) => self.ctx.adopt_session_settings(&self.state.owned, &rows),
+                    Err(e) => {
+                        let why = e.to_string();
+                        self.state.pool.discard(obj, "session settings unreadable").await;
+                        return Err(ClientError::ContextFailed(why));
+                    }
+                }
+            }
+            // The server now holds the client's context including any SET it just ran.
+            obj.context = Some(self.ctx.fingerprint());
+            self.state.pool.release(obj);
         }
+        Ok(())
     }
 
     /// True when nothing is in flight between client and server.
@@ -148,6 +174,7 @@ impl Session<'_> {
             && !self.pipeline.batch_open()
             && !self.extended_open
             && !self.reapply_after_sync
+            && self.reapply_names.is_empty()
             && self.up.at_boundary()
             && self.down.at_boundary()
             && self.to_server.is_empty()

@@ -194,8 +194,19 @@ impl Session<'_> {
         if let Some(a) = &analysis {
             self.encoding.on_statement(tag, &a.encoding); // encoding
         }
-        if analysis.as_ref().is_some_and(|a| !a.clean) {
+        if let Some(a) = analysis.as_ref().filter(|a| !a.clean) {
             self.mark_dirty();
+            if self.mode == PoolMode::Transaction {
+                // Custom settings it may set, for the snapshot at release (`settings`).
+                let names = a.effects.iter().filter_map(|e| match e {
+                    Effect::Set { name, .. } => Some(name.as_str()),
+                    _ => None,
+                });
+                let msg = &self.cbuf[start..end];
+                if let Some(sql) = crate::inspect::sql_of(tag, msg, self.encoding.current()) {
+                    self.settings.note_statement(&sql.text, names);
+                }
+            }
         }
         let rewritten = match self.scope_channels(tag, start, end, analysis.as_deref()) {
             Ok(rewritten) => rewritten,
@@ -217,6 +228,13 @@ impl Session<'_> {
         let checked = rewritten.map_or(Checked::Forward, Checked::Rewrite);
         if verdict == Verdict::AllowReapply {
             self.reapply_after_sync = true;
+        }
+        for effect in analysis.iter().flat_map(|a| a.effects.iter()) {
+            if let Effect::Reset(name) = effect {
+                if self.ctx.is_client_setting(name) && !self.reapply_names.contains(name) {
+                    self.reapply_names.push(name.clone());
+                }
+            }
         }
         if self.mode != PoolMode::Transaction {
             return checked;

@@ -78,6 +78,7 @@ impl Session<'_> {
             if let Some(why) = self.pipeline.desync() {
                 return Err(super::desync_error(why));
             }
+            let mut announce = false;
             if let Some((n, v)) = (tag == be::PARAMETER_STATUS)
                 .then(|| protocol::parse_parameter_status(msg))
                 .flatten()
@@ -86,6 +87,14 @@ impl Session<'_> {
                 let proxy = !matches!(disposition, Disposition::Forward);
                 (self.encoding.on_parameter_status(n, v, proxy))
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                // What the server holds, whoever caused it (the proxy's own resets
+                // too): the next client is told these values at login.
+                params.push((n.to_owned(), v.to_owned()));
+                // The client learns every value its session ends up with, as directly:
+                // one the proxy's own statement set (re-applying the client's settings
+                // after its RESET ALL, say) is forwarded when it differs from what the
+                // client was last told.
+                announce = self.settings.tell(n, v);
             }
             for failed in self.pipeline.take_failed_parses() {
                 // As directly: a statement whose Parse failed or was skipped does not exist.
@@ -105,6 +114,9 @@ impl Session<'_> {
                     continue;
                 }
                 Disposition::Swallow => {
+                    if announce {
+                        continue; // forwarded with what follows
+                    }
                     if tag == be::READY_FOR_QUERY {
                         if let Some(err) = self.proxy_error.take() {
                             if msg.get(protocol::HEADER_LEN) != Some(&b'E') {
@@ -133,11 +145,6 @@ impl Session<'_> {
                             )
                             .unwrap_or(TxStatus::Failed);
                         }
-                        be::PARAMETER_STATUS => {
-                            if let Some((n, v)) = protocol::parse_parameter_status(msg) {
-                                params.push((n.to_owned(), v.to_owned()));
-                            }
-                        }
                         be::ERROR_RESPONSE => {
                             let f = protocol::parse_error_fields(msg);
                             self.server_fatal |= f.severity == "FATAL" || f.severity == "PANIC";
@@ -163,8 +170,7 @@ impl Session<'_> {
         }
         self.client.flush().await?;
         self.after_accounting()?;
-        self.maybe_release().await;
-        Ok(())
+        self.maybe_release().await
     }
 
     /// Ends the session: returns or discards the server, tells the client why if needed.
