@@ -36,3 +36,4 @@ mod state;
 mod tls;
 mod txn;
 mod upstream;
+mod views;

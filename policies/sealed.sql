@@ -199,6 +199,57 @@ $$;
 REVOKE ALL ON FUNCTION rlsgate.tenant() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rlsgate.tenant() TO PUBLIC;
 
+
+-- Tenant-scoped session views (issue 12). rlsgate rewrites a client's reads of
+-- pg_stat_activity, pg_locks, pg_stat_ssl and pg_stat_gssapi to these: rows of the
+-- backends that hold the caller's sealed tenant only, as if the client had the database
+-- to itself (session mode: the tenant's sessions; transaction mode: the servers holding
+-- the tenant's context, the caller's own among them, so pg_backend_pid() is in it).
+-- SECURITY DEFINER functions read the raw rows as this file's owner, so the raw views
+-- and the functions behind them can stay revoked from the app role (policy apply); a
+-- backend whose pid was reused by another connection does not count (address and port
+-- must match the ones it entered with).
+CREATE OR REPLACE FUNCTION rlsgate.tenant_backends() RETURNS integer[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pg_catalog.array_agg(c.pid), '{}')
+    FROM rlsgate.backend_context c
+    JOIN pg_catalog.pg_stat_activity a ON a.pid = c.pid
+        AND a.client_addr IS NOT DISTINCT FROM c.client_addr
+        AND (a.client_port IS NOT DISTINCT FROM c.client_port
+             OR (a.client_port = -1 AND c.client_port IS NULL))
+    WHERE c.tenant = rlsgate.tenant()
+$$;
+REVOKE ALL ON FUNCTION rlsgate.tenant_backends() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION rlsgate.stat_activity() RETURNS SETOF pg_catalog.pg_stat_activity
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pg_catalog.pg_stat_activity WHERE pid = ANY (rlsgate.tenant_backends())
+$$;
+CREATE OR REPLACE FUNCTION rlsgate.locks() RETURNS SETOF pg_catalog.pg_locks
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pg_catalog.pg_locks WHERE pid = ANY (rlsgate.tenant_backends())
+$$;
+CREATE OR REPLACE FUNCTION rlsgate.stat_ssl() RETURNS SETOF pg_catalog.pg_stat_ssl
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pg_catalog.pg_stat_ssl WHERE pid = ANY (rlsgate.tenant_backends())
+$$;
+CREATE OR REPLACE FUNCTION rlsgate.stat_gssapi() RETURNS SETOF pg_catalog.pg_stat_gssapi
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pg_catalog.pg_stat_gssapi WHERE pid = ANY (rlsgate.tenant_backends())
+$$;
+CREATE OR REPLACE VIEW rlsgate.pg_stat_activity AS SELECT * FROM rlsgate.stat_activity();
+CREATE OR REPLACE VIEW rlsgate.pg_locks AS SELECT * FROM rlsgate.locks();
+CREATE OR REPLACE VIEW rlsgate.pg_stat_ssl AS SELECT * FROM rlsgate.stat_ssl();
+CREATE OR REPLACE VIEW rlsgate.pg_stat_gssapi AS SELECT * FROM rlsgate.stat_gssapi();
+REVOKE ALL ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
+    rlsgate.stat_gssapi() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
+    rlsgate.stat_gssapi() TO PUBLIC;
+REVOKE ALL ON rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
+    rlsgate.pg_stat_gssapi FROM PUBLIC;
+GRANT SELECT ON rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
+    rlsgate.pg_stat_gssapi TO PUBLIC;
+
 COMMIT;
 
 -- Example (policies/demo.sql uses exactly this):

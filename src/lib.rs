@@ -28,5 +28,6 @@ pub mod prepared;
 pub mod protocol;
 pub mod server;
 pub mod stream;
+pub mod system_views;
 pub mod tenant;
 pub mod tls;

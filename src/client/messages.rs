@@ -183,11 +183,17 @@ impl Session<'_> {
     /// Runs the guard on a Query/Parse, scopes its notification channels to the tenant,
     /// records session effects (transaction mode, outside a transaction).
     fn check_sql(&mut self, tag: u8, start: usize, end: usize) -> Checked {
+        // Reads of the session views go to their tenant-scoped versions; the guard reads
+        // the text as it will be sent.
+        let views = match self.scope_views(tag, start, end) {
+            Ok(views) => views,
+            Err(r) => {
+                return Checked::Replace(self.refusal_message(tag, start, end, r.code, r.message))
+            }
+        };
         let reading = self.encoding.reading(self.pipeline.is_empty(), self.tx); // encoding
-        let (verdict, analysis) =
-            self.state
-                .inspector
-                .inspect_message(tag, &self.cbuf[start..end], &reading);
+        let msg: &[u8] = views.as_deref().unwrap_or(&self.cbuf[start..end]);
+        let (verdict, analysis) = self.state.inspector.inspect_message(tag, msg, &reading);
         if let Verdict::Refuse { code, message } = verdict {
             return Checked::Replace(self.refusal_message(tag, start, end, code, message));
         }
@@ -202,13 +208,13 @@ impl Session<'_> {
                     Effect::Set { name, .. } => Some(name.as_str()),
                     _ => None,
                 });
-                let msg = &self.cbuf[start..end];
+                let msg: &[u8] = views.as_deref().unwrap_or(&self.cbuf[start..end]);
                 if let Some(sql) = crate::inspect::sql_of(tag, msg, self.encoding.current()) {
                     self.settings.note_statement(&sql.text, names);
                 }
             }
         }
-        let rewritten = match self.scope_channels(tag, start, end, analysis.as_deref()) {
+        let rewritten = match self.scope_channels(tag, start, end, views, analysis.as_deref()) {
             Ok(rewritten) => rewritten,
             Err(r) => {
                 return Checked::Replace(self.refusal_message(tag, start, end, r.code, r.message))
@@ -300,6 +306,45 @@ impl Session<'_> {
             })
     }
 
+    /// The Query/Parse with its reads of `pg_stat_activity`, `pg_locks`, `pg_stat_ssl`
+    /// and `pg_stat_gssapi` moved to the tenant-scoped views (`system_views`), `None`
+    /// when it reads none. Only with the sealed context, which the views are built on;
+    /// without it the guard refuses such reads.
+    fn scope_views(
+        &self,
+        tag: u8,
+        start: usize,
+        end: usize,
+    ) -> Result<Option<BytesMut>, crate::channels::Refusal> {
+        if self.ctx.seal.is_none() {
+            return Ok(None);
+        }
+        let msg = &self.cbuf[start..end];
+        let Some(sql) = crate::inspect::sql_of(tag, msg, self.encoding.current()) else {
+            return Ok(None);
+        };
+        if !crate::system_views::mentioned(&sql.text) {
+            return Ok(None);
+        }
+        let Some(scoped) = crate::system_views::scope_sql(&sql.text)? else {
+            return Ok(None);
+        };
+        if !sql.utf8 {
+            return Err(crate::channels::Refusal {
+                code: "0A000",
+                message: "rlsgate: reads of session views in text that is not UTF-8 cannot \
+                          be scoped to this tenant"
+                    .into(),
+            });
+        }
+        protocol::with_sql(msg, &scoped)
+            .map(Some)
+            .ok_or(crate::channels::Refusal {
+                code: "08P01",
+                message: "rlsgate: malformed message".into(),
+            })
+    }
+
     /// The Query/Parse with its LISTEN/NOTIFY channels moved into this tenant's
     /// namespace (`tenant.channels = "tenant"`), `None` when it names no channel.
     fn scope_channels(
@@ -307,15 +352,16 @@ impl Session<'_> {
         tag: u8,
         start: usize,
         end: usize,
+        rewritten: Option<BytesMut>,
         analysis: Option<&crate::inspect::Analysis>,
     ) -> Result<Option<BytesMut>, crate::channels::Refusal> {
         let (Some(suffix), true) = (&self.channel_suffix, analysis.is_some_and(|a| a.channels))
         else {
-            return Ok(None);
+            return Ok(rewritten);
         };
-        let msg = &self.cbuf[start..end];
+        let msg: &[u8] = rewritten.as_deref().unwrap_or(&self.cbuf[start..end]);
         let Some(sql) = crate::inspect::sql_of(tag, msg, self.encoding.current()) else {
-            return Ok(None);
+            return Ok(rewritten);
         };
         if !sql.utf8 {
             // The rewrite works on UTF-8 text; bytes in another encoding would be mangled.
@@ -327,7 +373,7 @@ impl Session<'_> {
             });
         }
         let Some(scoped) = crate::channels::scope_sql(&sql.text, suffix)? else {
-            return Ok(None);
+            return Ok(rewritten);
         };
         protocol::with_sql(msg, &scoped)
             .map(Some)

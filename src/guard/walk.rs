@@ -335,7 +335,9 @@ impl<'p> Walker<'p> {
 
     fn range_var(&self, map: &Map<String, Value>) -> Result<(), Finding> {
         let relname = str_field(map, "relname").to_lowercase();
-        if self.policy.is_denied_relation(&relname) {
+        let scoped = str_field(map, "schemaname") == "rlsgate"
+            && crate::system_views::SCOPED.contains(&relname.as_str());
+        if self.policy.is_denied_relation(&relname) && !scoped {
             return Err(self.refuse(
                 Rule::DeniedRelation,
                 format!("reading {relname} is not allowed"),
