@@ -129,7 +129,9 @@ fn create_functions(env: &Env) {
             literal(value)
         ));
     }
-    env.pg.psql("app", &sql).expect("create the SET-clause functions");
+    env.pg
+        .psql("app", &sql)
+        .expect("create the SET-clause functions");
 }
 
 /// One connection and the last value each reported setting was announced with.
@@ -229,7 +231,10 @@ fn refusal_expected(name: &str, way: Way) -> bool {
     name == "client_encoding"
         && matches!(
             way,
-            Way::SetConfig | Way::SetConfigInCommittedTx | Way::OneQueryCommit | Way::OneQueryRollback
+            Way::SetConfig
+                | Way::SetConfigInCommittedTx
+                | Way::OneQueryCommit
+                | Way::OneQueryRollback
         )
 }
 
@@ -286,14 +291,21 @@ async fn check_way(env: &Env, mode: PoolMode, i: usize, way: Way, fresh: &Fresh)
     }
     // The next client: on the attacker's server (pool of one).
     let mut next = Peer::connect(env.port(), "bob", &env.token("globex")).await;
-    assert_eq!(next.told_settings(), fresh.told, "{case}: next client told at login");
+    assert_eq!(
+        next.told_settings(),
+        fresh.told,
+        "{case}: next client told at login"
+    );
     let holds = next.snapshot(true).await;
     assert_eq!(holds, fresh.holds, "{case}: next client's server holds");
     if mode == PoolMode::Transaction && !refused {
         // And the attacker, after the next client used the server, still holds its own.
         let again = through.snapshot(false).await;
         let oracle = direct.snapshot(false).await;
-        assert_eq!(again, oracle, "{case}: attacker's settings after another client");
+        assert_eq!(
+            again, oracle,
+            "{case}: attacker's settings after another client"
+        );
         through.raw.send(&terminate()).await;
     }
     next.raw.send(&terminate()).await;
@@ -385,7 +397,10 @@ async fn committed_settings_follow_the_client_to_another_server() {
             let mine = me.snapshot(true).await;
             let after = pid(&mut me).await;
             assert_ne!(after, opid, "{case}: two clients on one server");
-            assert_eq!(before, opid, "{case}: the other client took the used server");
+            assert_eq!(
+                before, opid,
+                "{case}: the other client took the used server"
+            );
             let oracle = direct.snapshot(false).await;
             for (n, v) in &oracle {
                 assert_eq!(mine.get(n), Some(v), "{case}: {n} on the other server");

@@ -30,12 +30,18 @@ async fn env(mode: PoolMode, guard: bool) -> Env {
         c.guard.enabled = guard;
     })
     .await;
-    env.pg.psql("app", REVOKE_RAW).expect("revoke the raw views");
+    env.pg
+        .psql("app", REVOKE_RAW)
+        .expect("revoke the raw views");
     env
 }
 
 async fn simple_rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
-    rows(&c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")))
+    rows(
+        &c.simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+    )
 }
 
 /// The backends that hold `tenant` right now, as the superuser sees them.
@@ -131,7 +137,10 @@ async fn session_views_show_only_the_tenants_own_backends() {
         let acme_pids = backends_of(&env, "acme").await;
         for r in &listed {
             let pid: i32 = r[0].parse().unwrap();
-            assert!(!acme_pids.contains(&pid), "{mode:?}: globex sees acme's pid {pid}");
+            assert!(
+                !acme_pids.contains(&pid),
+                "{mode:?}: globex sees acme's pid {pid}"
+            );
         }
         assert!(!listed.is_empty(), "{mode:?}: globex sees its own backend");
         globex.batch_execute("COMMIT").await.unwrap();
@@ -156,7 +165,10 @@ async fn an_orm_fixture_reading_pg_stat_activity_works() {
             assert!(!globex_pids.contains(&pid), "{mode:?}: globex's pid {pid}");
         }
         let n: i64 = acme
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -193,6 +205,9 @@ async fn dynamic_sql_cannot_reach_the_raw_views() {
             .simple_query("SELECT count(*) FROM rlsgate.pg_stat_activity")
             .await
             .unwrap();
-        assert!(matches!(messages[0], SimpleQueryMessage::Row(_) | SimpleQueryMessage::RowDescription(_)));
+        assert!(matches!(
+            messages[0],
+            SimpleQueryMessage::Row(_) | SimpleQueryMessage::RowDescription(_)
+        ));
     }
 }

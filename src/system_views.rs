@@ -16,7 +16,12 @@ use serde_json::Value;
 use crate::channels::{apply, Edit, Refusal};
 
 /// The views rewritten to their tenant-scoped versions in schema `rlsgate`.
-pub const SCOPED: [&str; 4] = ["pg_stat_activity", "pg_locks", "pg_stat_ssl", "pg_stat_gssapi"];
+pub const SCOPED: [&str; 4] = [
+    "pg_stat_activity",
+    "pg_locks",
+    "pg_stat_ssl",
+    "pg_stat_gssapi",
+];
 
 /// True when `sql` may name one of [`SCOPED`] (quick lexical test, no allocation: it
 /// runs on every statement; `u&` for Unicode-escaped identifiers).
@@ -24,7 +29,8 @@ pub fn mentioned(sql: &str) -> bool {
     let b = sql.as_bytes();
     (0..b.len()).any(|i| {
         let rest = &b[i..];
-        let at = |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+        let at =
+            |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
         (rest[0] | 0x20 == b'p' && SCOPED.iter().any(|v| at(v.as_bytes()))) || at(b"u&")
     })
 }
@@ -122,7 +128,9 @@ fn find(value: &Value, out: &mut Vec<Reference>) {
                 let relname = field("relname").to_owned();
                 let schema = field("schemaname");
                 let raw_schema = schema.is_empty() || schema == "pg_catalog";
-                if SCOPED.contains(&relname.as_str()) && raw_schema && field("catalogname").is_empty()
+                if SCOPED.contains(&relname.as_str())
+                    && raw_schema
+                    && field("catalogname").is_empty()
                 {
                     let location = map.get("location").and_then(Value::as_i64).unwrap_or(0);
                     out.push(Reference {
@@ -153,7 +161,9 @@ mod tests {
             "SELECT pid, state FROM rlsgate.pg_stat_activity WHERE datname = current_database()"
         );
         assert_eq!(
-            scoped("select count(*) from PG_CATALOG . \"pg_locks\" l join pg_stat_ssl s using (pid)"),
+            scoped(
+                "select count(*) from PG_CATALOG . \"pg_locks\" l join pg_stat_ssl s using (pid)"
+            ),
             "select count(*) from rlsgate.pg_locks l join rlsgate.pg_stat_ssl s using (pid)"
         );
         assert_eq!(
@@ -178,7 +188,10 @@ mod tests {
     #[test]
     fn other_texts_are_left_alone_or_refused() {
         assert_eq!(scope_sql("SELECT 'pg_stat_activity'").unwrap(), None);
-        assert_eq!(scope_sql("SELECT * FROM rlsgate.pg_stat_activity").unwrap(), None);
+        assert_eq!(
+            scope_sql("SELECT * FROM rlsgate.pg_stat_activity").unwrap(),
+            None
+        );
         assert_eq!(scope_sql("SELECT * FROM other.pg_locks").unwrap(), None);
         assert_eq!(scope_sql("not sql at all pg_locks").unwrap(), None);
         assert!(scope_sql("SELECT E'\\x' FROM pg_stat_activity").is_err());

@@ -93,7 +93,8 @@ pub const SWITCH_RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
 /// The settings the session itself set (by SET or `set_config`, in any transaction that
 /// committed), as (name, hex of the UTF-8 value): hex so the text survives any client
 /// encoding the server connection is in.
-pub const SESSION_SETTINGS: &str = "SELECT name, pg_catalog.encode(pg_catalog.convert_to(setting, 'UTF8'), 'hex') \
+pub const SESSION_SETTINGS: &str =
+    "SELECT name, pg_catalog.encode(pg_catalog.convert_to(setting, 'UTF8'), 'hex') \
     FROM pg_catalog.pg_settings WHERE source = 'session'";
 
 /// Sent before a session runs on a clean server holding other client settings.
@@ -138,7 +139,12 @@ impl SessionContext {
         {
             // As directly: a client that names no application has none (the pooled
             // connection's own `rlsgate` is for the operator's idle servers).
-            push_client_setting(&mut settings, owned, "application_name".into(), String::new())?;
+            push_client_setting(
+                &mut settings,
+                owned,
+                "application_name".into(),
+                String::new(),
+            )?;
         }
         // Client settings first, tenant context last: rotate the tenant block to the end.
         settings.rotate_left(tenant_len);
@@ -266,7 +272,9 @@ impl SessionContext {
             let (Some(Some(name)), Some(Some(hex))) = (row.first(), row.get(1)) else {
                 continue;
             };
-            let Some(value) = hex::decode(hex).ok().and_then(|b| String::from_utf8(b).ok())
+            let Some(value) = hex::decode(hex)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
             else {
                 continue;
             };

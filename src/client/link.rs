@@ -156,7 +156,10 @@ impl Session<'_> {
                     Ok(rows) => self.ctx.adopt_session_settings(&self.state.owned, &rows),
                     Err(e) => {
                         let why = e.to_string();
-                        self.state.pool.discard(obj, "session settings unreadable").await;
+                        self.state
+                            .pool
+                            .discard(obj, "session settings unreadable")
+                            .await;
                         return Err(ClientError::ContextFailed(why));
                     }
                 }

@@ -61,8 +61,7 @@ impl ClientSettings {
 
     fn note(&mut self, name: &str) {
         let name = name.to_ascii_lowercase();
-        if name.contains('.') && self.custom.len() < MAX_CUSTOM && !self.custom.contains(&name)
-        {
+        if name.contains('.') && self.custom.len() < MAX_CUSTOM && !self.custom.contains(&name) {
             self.custom.push(name);
         }
     }
@@ -101,7 +100,10 @@ mod tests {
         );
         assert_eq!(s.custom, ["other.name", "myapp.flavour"]);
         let sql = s.snapshot_sql();
-        assert!(sql.contains("ARRAY['other.name', 'myapp.flavour']"), "{sql}");
+        assert!(
+            sql.contains("ARRAY['other.name', 'myapp.flavour']"),
+            "{sql}"
+        );
         assert!(ClientSettings::default().snapshot_sql() == crate::tenant::SESSION_SETTINGS);
     }
 
