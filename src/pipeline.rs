@@ -331,6 +331,12 @@ impl Pipeline {
     }
 
     /// True when the next server message belongs to the proxy (and must be read whole).
+    /// True when a proxy statement is queued (not necessarily at the front): its
+    /// replies may still change settings the client is about to be told.
+    pub fn proxy_queued(&self) -> bool {
+        self.q.iter().any(|e| matches!(e, Expect::Proxy { .. }))
+    }
+
     pub fn front_is_proxy(&self) -> bool {
         matches!(
             self.q.iter().find(|e| !matches!(e, Expect::CopyEnd)),

@@ -78,7 +78,7 @@ impl Session<'_> {
             if let Some(why) = self.pipeline.desync() {
                 return Err(super::desync_error(why));
             }
-            let mut announce = false;
+            let mut held = false;
             if let Some((n, v)) = (tag == be::PARAMETER_STATUS)
                 .then(|| protocol::parse_parameter_status(msg))
                 .flatten()
@@ -94,7 +94,15 @@ impl Session<'_> {
                 // one the proxy's own statement set (re-applying the client's settings
                 // after its RESET ALL, say) is forwarded when it differs from what the
                 // client was last told.
-                announce = self.settings.tell(n, v);
+                // A value the client's own statement set while a proxy statement is
+                // queued behind it (the re-application after RESET ALL / DISCARD ALL)
+                // is held back too: the client is told where its session ends up.
+                held = proxy || self.pipeline.proxy_queued();
+                if held {
+                    self.settings.consumed(n, v);
+                } else {
+                    self.settings.forwarded(n, v);
+                }
             }
             for failed in self.pipeline.take_failed_parses() {
                 // As directly: a statement whose Parse failed or was skipped does not exist.
@@ -114,9 +122,6 @@ impl Session<'_> {
                     continue;
                 }
                 Disposition::Swallow => {
-                    if announce {
-                        continue; // forwarded with what follows
-                    }
                     if tag == be::READY_FOR_QUERY {
                         if let Some(err) = self.proxy_error.take() {
                             if msg.get(protocol::HEADER_LEN) != Some(&b'E') {
@@ -137,7 +142,20 @@ impl Session<'_> {
                     }
                     self.proxy_error = Some(fields);
                 }
+                Disposition::Forward if held => {
+                    // Held back (see above): dropped here, announced when settled.
+                }
                 Disposition::Forward => {
+                    if self.settings.has_pending() && !self.pipeline.proxy_queued() {
+                        // Values the proxy's own statements left the session with, as
+                        // directly the client knows every value its session has.
+                        let news = self.settings.take_announcements();
+                        if !news.is_empty() {
+                            write_client(&mut self.client, &buf[sent..start]).await?;
+                            write_client(&mut self.client, &news).await?;
+                            sent = start;
+                        }
+                    }
                     match tag {
                         be::READY_FOR_QUERY => {
                             self.tx = TxStatus::from_byte(

@@ -11,6 +11,10 @@ const MAX_CUSTOM: usize = 64;
 #[derive(Debug, Default)]
 pub struct ClientSettings {
     told: Vec<(String, String)>,
+    /// Values the server reported in replies the proxy consumed, newest last: announced
+    /// before the next message the client gets, where they differ from what it was told
+    /// (so a reset and re-application that end where they began announce nothing).
+    pending: Vec<(String, String)>,
     custom: Vec<String>,
 }
 
@@ -19,13 +23,42 @@ impl ClientSettings {
     pub fn new(told: &[(String, String)]) -> ClientSettings {
         ClientSettings {
             told: told.to_vec(),
+            pending: Vec::new(),
             custom: Vec::new(),
         }
     }
 
-    /// Records a ParameterStatus the client got; returns whether it changed what the
-    /// client had been told.
-    pub fn tell(&mut self, name: &str, value: &str) -> bool {
+    /// A ParameterStatus in a reply the proxy consumes.
+    pub fn consumed(&mut self, name: &str, value: &str) {
+        self.pending.retain(|(n, _)| n != name);
+        self.pending.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// A ParameterStatus forwarded to the client.
+    pub fn forwarded(&mut self, name: &str, value: &str) {
+        self.pending.retain(|(n, _)| n != name);
+        self.tell(name, value);
+    }
+
+    /// ParameterStatus messages for the consumed values that differ from what the
+    /// client was told (recorded as told); empty when there are none.
+    pub fn take_announcements(&mut self) -> bytes::BytesMut {
+        let mut out = bytes::BytesMut::new();
+        for (n, v) in std::mem::take(&mut self.pending) {
+            if self.tell(&n, &v) {
+                protocol::put_parameter_status(&mut out, &n, &v);
+            }
+        }
+        out
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Records a value the client was told; returns whether it changed what the client
+    /// had been told.
+    fn tell(&mut self, name: &str, value: &str) -> bool {
         match self.told.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) if v == value => false,
             Some((_, v)) => {
@@ -108,11 +141,24 @@ mod tests {
     }
 
     #[test]
-    fn telling_records_changes_only() {
-        let mut s = ClientSettings::new(&[("DateStyle".into(), "ISO, MDY".into())]);
-        assert!(!s.tell("DateStyle", "ISO, MDY"));
-        assert!(s.tell("DateStyle", "SQL, DMY"));
-        assert!(!s.tell("DateStyle", "SQL, DMY"));
-        assert!(s.tell("TimeZone", "UTC"));
+    fn only_consumed_values_that_differ_are_announced() {
+        let mut s = ClientSettings::new(&[("application_name".into(), String::new())]);
+        // A reset and a re-application that end where they began: nothing to say.
+        s.consumed("application_name", "rlsgate");
+        s.consumed("application_name", "");
+        assert!(s.has_pending());
+        assert!(s.take_announcements().is_empty());
+        assert!(!s.has_pending());
+        // A value the client was not told is announced once.
+        s.consumed("TimeZone", "UTC");
+        let mut want = bytes::BytesMut::new();
+        protocol::put_parameter_status(&mut want, "TimeZone", "UTC");
+        assert_eq!(s.take_announcements(), want);
+        s.consumed("TimeZone", "UTC");
+        assert!(s.take_announcements().is_empty());
+        // A forwarded value replaces a pending one.
+        s.consumed("DateStyle", "SQL, DMY");
+        s.forwarded("DateStyle", "ISO, MDY");
+        assert!(!s.has_pending());
     }
 }
