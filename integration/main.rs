@@ -28,6 +28,7 @@ mod psql;
 mod redteam;
 mod redteam2;
 mod redteam3;
+mod redteam4;
 mod restart;
 mod sealed;
 mod security;
