@@ -418,3 +418,61 @@ async fn pid(p: &mut Peer) -> String {
     let msgs = p.query("SELECT pg_backend_pid()").await;
     data_rows(&msgs)[0][0].clone()
 }
+
+/// `RESET x` and `RESET ALL` of settings the client gave at startup go back to the
+/// startup values, as directly (PostgreSQL's reset value is the startup value; the
+/// pooled connection's is its own), and the client is told the same values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_return_to_the_startup_values() {
+    let startup = [
+        ("client_encoding", "LATIN1"),
+        ("DateStyle", "SQL, DMY"),
+        ("application_name", "startup-app"),
+    ];
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let env = env_for(mode, 1).await;
+        for resets in [
+            vec![
+                "RESET client_encoding",
+                "RESET DateStyle",
+                "RESET application_name",
+            ],
+            vec!["RESET ALL"],
+            vec!["DISCARD ALL"],
+        ] {
+            let case = format!("{mode:?} {resets:?}");
+            let (raw, told) =
+                Raw::connect_with(env.port(), "mallory", &env.token("acme"), &startup).await;
+            let mut me = Peer {
+                raw,
+                told: told.into_iter().collect(),
+            };
+            let (raw, told) = Raw::connect_with(env.pg.port(), "postgres", "", &startup).await;
+            let mut direct = Peer {
+                raw,
+                told: told.into_iter().collect(),
+            };
+            for sql in [
+                "SET client_encoding TO 'UTF8'",
+                "SET DateStyle TO 'ISO, YMD'",
+                "SET application_name TO 'changed'",
+            ]
+            .iter()
+            .chain(resets.iter())
+            {
+                let t = me.query(sql).await;
+                assert_eq!(Peer::error(&t), None, "{case}: {sql}");
+                direct.query(sql).await;
+            }
+            let mine = me.snapshot(true).await;
+            let oracle = direct.snapshot(false).await;
+            for (n, v) in &oracle {
+                assert_eq!(mine.get(n), Some(v), "{case}: {n}");
+            }
+            assert_eq!(me.told_settings(), direct.told_settings(), "{case}: told");
+            assert_eq!(mine.get("app.current_tenant").unwrap(), "acme", "{case}");
+            me.raw.send(&terminate()).await;
+            direct.raw.send(&terminate()).await;
+        }
+    }
+}

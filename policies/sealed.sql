@@ -143,6 +143,9 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rlsgate.backend_context (
     seq         bigint NOT NULL
 );
 REVOKE ALL ON rlsgate.backend_context FROM PUBLIC;
+-- When the tenant entered (clock time): the scoped session views count a backend's
+-- status as the tenant's only if it is newer than this.
+ALTER TABLE rlsgate.backend_context ADD COLUMN IF NOT EXISTS entered_at timestamptz;
 
 -- Verifies a seal made by rlsgate for this backend and records the tenant.
 CREATE OR REPLACE FUNCTION rlsgate.enter(tenant text, seq bigint, seal text) RETURNS void
@@ -166,12 +169,14 @@ BEGIN
     THEN
         RAISE EXCEPTION 'rlsgate: tenant seal does not verify' USING ERRCODE = '28000';
     END IF;
-    INSERT INTO rlsgate.backend_context AS c (pid, client_addr, client_port, tenant, seq)
+    INSERT INTO rlsgate.backend_context AS c
+        (pid, client_addr, client_port, tenant, seq, entered_at)
     VALUES (pg_catalog.pg_backend_pid(), pg_catalog.inet_client_addr(),
-            pg_catalog.inet_client_port(), enter.tenant, enter.seq)
+            pg_catalog.inet_client_port(), enter.tenant, enter.seq,
+            pg_catalog.clock_timestamp())
     ON CONFLICT (pid) DO UPDATE
         SET client_addr = EXCLUDED.client_addr, client_port = EXCLUDED.client_port,
-            tenant = EXCLUDED.tenant, seq = EXCLUDED.seq
+            tenant = EXCLUDED.tenant, seq = EXCLUDED.seq, entered_at = EXCLUDED.entered_at
         WHERE c.seq < EXCLUDED.seq;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'rlsgate: tenant seal is stale (replayed)' USING ERRCODE = '28000';
@@ -206,41 +211,98 @@ GRANT EXECUTE ON FUNCTION rlsgate.tenant() TO PUBLIC;
 -- to itself (session mode: the tenant's sessions; transaction mode: the servers holding
 -- the tenant's context, the caller's own among them, so pg_backend_pid() is in it).
 -- SECURITY DEFINER functions read the raw rows as this file's owner, so the raw views
--- and the functions behind them can stay revoked from the app role (policy apply); a
--- backend whose pid was reused by another connection does not count (address and port
--- must match the ones it entered with).
-CREATE OR REPLACE FUNCTION rlsgate.tenant_backends() RETURNS integer[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(pg_catalog.array_agg(c.pid), '{}')
-    FROM rlsgate.backend_context c
-    JOIN pg_catalog.pg_stat_activity a ON a.pid = c.pid
-        AND a.client_addr IS NOT DISTINCT FROM c.client_addr
-        AND (a.client_port IS NOT DISTINCT FROM c.client_port
-             OR (a.client_port = -1 AND c.client_port IS NULL))
-    WHERE c.tenant = rlsgate.tenant()
+-- and the functions behind them can stay revoked from the app role (policy apply).
+--
+-- A backend's status and its tenant change independently (PostgreSQL copies all
+-- backends' status once per transaction; backend_context is read under a snapshot), so
+-- the order is: a fresh status copy first, locks next, the tenant map last in its own
+-- statement (READ COMMITTED: a fresh snapshot), and a status row counts only if all of
+-- its activity is newer than the tenant's enter on that backend, and the backend is
+-- older (a reused pid does not count). Other isolation levels would read an old tenant
+-- map beside live status: refused there.
+DROP VIEW IF EXISTS rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
+    rlsgate.pg_stat_gssapi;
+DROP FUNCTION IF EXISTS rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
+    rlsgate.stat_gssapi(), rlsgate.tenant_backends();
+
+CREATE OR REPLACE FUNCTION rlsgate.fresh_status() RETURNS pg_catalog.pg_stat_activity[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'rlsgate: session views can only be read at READ COMMITTED'
+            USING ERRCODE = '0A000';
+    END IF;
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    RETURN ARRAY(SELECT a FROM pg_catalog.pg_stat_activity a);
+END
 $$;
-REVOKE ALL ON FUNCTION rlsgate.tenant_backends() FROM PUBLIC;
+
+-- The pids among `status` whose rows are the caller's tenant's (read after `status`).
+CREATE OR REPLACE FUNCTION rlsgate.tenant_pids(status pg_catalog.pg_stat_activity[])
+RETURNS integer[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT (a).pid FROM pg_catalog.unnest(status) a
+        JOIN rlsgate.backend_context c ON c.pid = (a).pid
+        WHERE c.tenant = rlsgate.tenant()
+          AND (a).backend_type = 'client backend'
+          AND (a).client_addr IS NOT DISTINCT FROM c.client_addr
+          AND ((a).client_port IS NOT DISTINCT FROM c.client_port
+               OR ((a).client_port = -1 AND c.client_port IS NULL))
+          AND c.entered_at IS NOT NULL
+          AND (a).backend_start <= c.entered_at
+          AND (a).state_change >= c.entered_at
+          AND ((a).query_start IS NULL OR (a).query_start >= c.entered_at)
+          AND ((a).xact_start IS NULL OR (a).xact_start >= c.entered_at));
+END
+$$;
 
 CREATE OR REPLACE FUNCTION rlsgate.stat_activity() RETURNS SETOF pg_catalog.pg_stat_activity
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM pg_catalog.pg_stat_activity WHERE pid = ANY (rlsgate.tenant_backends())
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    status pg_catalog.pg_stat_activity[] := rlsgate.fresh_status();
+    pids integer[] := rlsgate.tenant_pids(status);
+BEGIN
+    RETURN QUERY SELECT (a).* FROM pg_catalog.unnest(status) a WHERE (a).pid = ANY (pids);
+END
 $$;
 CREATE OR REPLACE FUNCTION rlsgate.locks() RETURNS SETOF pg_catalog.pg_locks
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM pg_catalog.pg_locks WHERE pid = ANY (rlsgate.tenant_backends())
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    status pg_catalog.pg_stat_activity[] := rlsgate.fresh_status();
+    locks pg_catalog.pg_locks[] := ARRAY(SELECT l FROM pg_catalog.pg_locks l);
+    pids integer[] := rlsgate.tenant_pids(status);
+BEGIN
+    RETURN QUERY SELECT (l).* FROM pg_catalog.unnest(locks) l WHERE (l).pid = ANY (pids);
+END
 $$;
 CREATE OR REPLACE FUNCTION rlsgate.stat_ssl() RETURNS SETOF pg_catalog.pg_stat_ssl
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM pg_catalog.pg_stat_ssl WHERE pid = ANY (rlsgate.tenant_backends())
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    status pg_catalog.pg_stat_activity[] := rlsgate.fresh_status();
+    rows pg_catalog.pg_stat_ssl[] := ARRAY(SELECT s FROM pg_catalog.pg_stat_ssl s);
+    pids integer[] := rlsgate.tenant_pids(status);
+BEGIN
+    RETURN QUERY SELECT (s).* FROM pg_catalog.unnest(rows) s WHERE (s).pid = ANY (pids);
+END
 $$;
 CREATE OR REPLACE FUNCTION rlsgate.stat_gssapi() RETURNS SETOF pg_catalog.pg_stat_gssapi
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM pg_catalog.pg_stat_gssapi WHERE pid = ANY (rlsgate.tenant_backends())
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    status pg_catalog.pg_stat_activity[] := rlsgate.fresh_status();
+    rows pg_catalog.pg_stat_gssapi[] := ARRAY(SELECT s FROM pg_catalog.pg_stat_gssapi s);
+    pids integer[] := rlsgate.tenant_pids(status);
+BEGIN
+    RETURN QUERY SELECT (s).* FROM pg_catalog.unnest(rows) s WHERE (s).pid = ANY (pids);
+END
 $$;
-CREATE OR REPLACE VIEW rlsgate.pg_stat_activity AS SELECT * FROM rlsgate.stat_activity();
-CREATE OR REPLACE VIEW rlsgate.pg_locks AS SELECT * FROM rlsgate.locks();
-CREATE OR REPLACE VIEW rlsgate.pg_stat_ssl AS SELECT * FROM rlsgate.stat_ssl();
-CREATE OR REPLACE VIEW rlsgate.pg_stat_gssapi AS SELECT * FROM rlsgate.stat_gssapi();
+CREATE VIEW rlsgate.pg_stat_activity AS SELECT * FROM rlsgate.stat_activity();
+CREATE VIEW rlsgate.pg_locks AS SELECT * FROM rlsgate.locks();
+CREATE VIEW rlsgate.pg_stat_ssl AS SELECT * FROM rlsgate.stat_ssl();
+CREATE VIEW rlsgate.pg_stat_gssapi AS SELECT * FROM rlsgate.stat_gssapi();
+REVOKE ALL ON FUNCTION rlsgate.fresh_status(),
+    rlsgate.tenant_pids(pg_catalog.pg_stat_activity[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
     rlsgate.stat_gssapi() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),

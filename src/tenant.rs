@@ -278,7 +278,13 @@ impl SessionContext {
             else {
                 continue;
             };
-            if owned.contains(name) || name.starts_with("rlsgate.") {
+            // `transaction_isolation`, `_read_only`, `_deferrable` live for one
+            // transaction (after `SET TRANSACTION` they stay listed with source
+            // 'session'); outside one they cannot be set at all.
+            if owned.contains(name)
+                || name.starts_with("rlsgate.")
+                || name.starts_with("transaction_")
+            {
                 continue;
             }
             let startup = self
