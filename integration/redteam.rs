@@ -460,28 +460,84 @@ async fn redteam_skipped_close_keeps_the_statement() {
     }
 }
 
-/// Transaction mode: SQL `DEALLOCATE name` of a protocol-level statement reaches the
-/// server under the client's name, which the server does not hold (it holds the renamed
-/// one): 26000 where PostgreSQL deallocates, and the statement stays reachable.
+/// Transaction mode: SQL `DEALLOCATE name` of a protocol-level statement (pgx and
+/// database/sql drop cached statements this way) deallocates it as directly: the name is
+/// free again, a Bind of it fails with 26000, a new Parse of it works; inside a
+/// transaction block too, and after the statement moved servers; in an aborted
+/// transaction it fails as directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KNOWN LIMIT (docs/isolation.md): SQL DEALLOCATE of a protocol-prepared statement fails with 26000 in transaction mode (server-side names differ); fails closed"]
 async fn redteam_sql_deallocate_of_protocol_statement() {
     let env = one_server(PoolMode::Transaction).await;
-    let mut through = Raw::connect(env.port(), "mallory", &env.token("acme")).await;
-    let mut direct = Raw::connect(env.pg.port(), "postgres", "").await;
-    let mut a = BytesMut::new();
-    parse(&mut a, "s1", "SELECT 1");
-    sync(&mut a);
-    let mut b = BytesMut::new();
-    query(&mut b, "DEALLOCATE s1");
-    let mut c = BytesMut::new();
-    bind(&mut c, "s1", &[]);
-    execute(&mut c);
-    sync(&mut c);
-    for (i, step) in [a, b, c].iter().enumerate() {
-        let x = summarize(&exchange(&mut through, step, 1).await);
-        let y = summarize(&exchange(&mut direct, step, 1).await);
-        assert_eq!(x, y, "step {i}: as directly");
+    let parse_s1 = |sql: &str| {
+        let mut a = BytesMut::new();
+        parse(&mut a, "S1", sql);
+        sync(&mut a);
+        a
+    };
+    let q = |sql: &str| {
+        let mut b = BytesMut::new();
+        query(&mut b, sql);
+        b
+    };
+    let bind_s1 = || {
+        let mut c = BytesMut::new();
+        bind(&mut c, "S1", &[]);
+        execute(&mut c);
+        sync(&mut c);
+        c
+    };
+    let cases: Vec<(&str, Vec<BytesMut>)> = vec![
+        (
+            "deallocate then bind",
+            vec![parse_s1("SELECT 1"), q("DEALLOCATE \"S1\""), bind_s1()],
+        ),
+        (
+            "deallocate prepare then parse again",
+            vec![
+                parse_s1("SELECT 1"),
+                q("deallocate prepare \"S1\";"),
+                parse_s1("SELECT 2"),
+                bind_s1(),
+            ],
+        ),
+        (
+            "in a transaction block",
+            vec![
+                parse_s1("SELECT 1"),
+                q("BEGIN"),
+                q("DEALLOCATE \"S1\""),
+                q("COMMIT"),
+                bind_s1(),
+            ],
+        ),
+        (
+            "in an aborted transaction",
+            vec![
+                parse_s1("SELECT 1"),
+                q("BEGIN"),
+                q("SELECT 1/0"),
+                q("DEALLOCATE \"S1\""),
+                q("ROLLBACK"),
+                bind_s1(),
+            ],
+        ),
+        ("unknown name", vec![q("DEALLOCATE \"S1\""), bind_s1()]),
+    ];
+    for (what, steps) in &cases {
+        let mut through = Raw::connect(env.port(), "mallory", &env.token("acme")).await;
+        let mut direct = Raw::connect(env.pg.port(), "postgres", "").await;
+        for (i, step) in steps.iter().enumerate() {
+            let x = summarize(&exchange(&mut through, step, 1).await);
+            let y = summarize(&exchange(&mut direct, step, 1).await);
+            assert_eq!(x, y, "{what} step {i}: as directly");
+        }
+        assert_eq!(
+            raw_view(&mut through).await,
+            ("acme".into(), "acme".into()),
+            "{what}"
+        );
+        drop(through);
+        assert_next_tenants_clean(&env, what).await;
     }
 }
 

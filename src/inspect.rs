@@ -318,6 +318,20 @@ fn statements(sql: &str) -> Vec<(protobuf::node::Node, &str)> {
     out
 }
 
+/// The statement name when `sql` is exactly one `DEALLOCATE [PREPARE] name` (not ALL).
+pub fn single_deallocate(sql: &str) -> Option<String> {
+    if !sql.to_ascii_lowercase().contains("deallocate") {
+        return None;
+    }
+    let stmts = statements(sql);
+    match stmts.as_slice() {
+        [(protobuf::node::Node::DeallocateStmt(d), _)] if !d.isall && !d.name.is_empty() => {
+            Some(d.name.clone())
+        }
+        _ => None,
+    }
+}
+
 /// Session-level effects of the statements in `sql`.
 pub fn effects(sql: &str) -> Vec<Effect> {
     let mut out = Vec::new();

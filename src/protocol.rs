@@ -409,6 +409,13 @@ pub fn with_sql(msg: &[u8], sql: &str) -> Option<BytesMut> {
 }
 
 /// Appends Sync.
+/// Appends CommandComplete with `tag` (e.g. `DEALLOCATE`).
+pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
+    let start = begin(buf, backend::COMMAND_COMPLETE);
+    put_cstr(buf, tag);
+    finish(buf, start);
+}
+
 pub fn put_sync(buf: &mut BytesMut) {
     buf.put_u8(frontend::SYNC);
     buf.put_i32(4);

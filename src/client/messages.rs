@@ -47,6 +47,12 @@ impl Session<'_> {
                 // A simple Query destroys the unnamed statement.
                 self.unnamed = None;
                 let replacement = match self.check_sql(tag, start, end) {
+                    Checked::Forward if txn => {
+                        if let Some(out) = self.deallocate_protocol_statement(start, end) {
+                            return Ok(Some(out));
+                        }
+                        None
+                    }
                     Checked::Forward => None,
                     Checked::Replace(bytes) => return Ok(Some(bytes)),
                     Checked::Rewrite(bytes) => Some(bytes),

@@ -55,6 +55,39 @@ impl Session<'_> {
         }
     }
 
+    /// Transaction mode: SQL `DEALLOCATE name` (alone in a simple Query) of a statement
+    /// the client prepared by protocol (pgx, database/sql drop their cached statements
+    /// this way). The server holds it, if at all, under its server name: the Query goes
+    /// as Close of that name + Sync, the CloseComplete is answered as the DEALLOCATE's
+    /// CommandComplete, the ReadyForQuery is the server's, and the name is free again,
+    /// as directly. Not in an aborted transaction (PostgreSQL refuses DEALLOCATE there
+    /// but would take the Close) and not where an unsynced extended message may have
+    /// the server skipping (its Sync would end that early): there the text goes as it is.
+    pub(super) fn deallocate_protocol_statement(
+        &mut self,
+        start: usize,
+        end: usize,
+    ) -> Option<BytesMut> {
+        if self.extended_open || self.tx == crate::protocol::TxStatus::Failed {
+            return None;
+        }
+        let sql =
+            crate::inspect::sql_of(fe::QUERY, &self.cbuf[start..end], self.encoding.current())?;
+        let name = crate::inspect::single_deallocate(&sql.text)?;
+        let stmt = self.statements.get(&name)?.clone();
+        self.statements.close(&name);
+        self.server_mut().statements.remove(&stmt.server_name);
+        let mut out = BytesMut::new();
+        prepared::put_statement_message(&mut out, fe::CLOSE, &stmt.server_name);
+        crate::protocol::put_sync(&mut out);
+        self.pipeline.swallow_close();
+        let mut done = BytesMut::new();
+        crate::protocol::put_command_complete(&mut done, "DEALLOCATE");
+        self.pipeline.synthetic(done);
+        self.pipeline.client(Reply::Sync);
+        Some(out)
+    }
+
     /// Makes sure the bound server has statement `stmt` (queues its Parse ahead if not).
     pub(super) fn ensure_statement(&mut self, stmt: &prepared::Statement, out: &mut BytesMut) {
         if !self.server_mut().statements.has(&stmt.server_name) {
