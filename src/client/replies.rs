@@ -188,6 +188,18 @@ impl Session<'_> {
         }
         self.client.flush().await?;
         self.after_accounting()?;
+        if self.reapply_after_sync
+            && self.pipeline.is_empty()
+            && !self.extended_open
+            && self.up.at_boundary()
+            && self.tx != TxStatus::Failed
+        {
+            // A re-application that failed in an aborted transaction is due now that
+            // the client left it, and the client may send nothing more (it waited for
+            // these replies): nothing is in flight, so the server is not skipping.
+            self.reapply_after_sync = false;
+            self.reapply();
+        }
         self.maybe_release().await
     }
 
