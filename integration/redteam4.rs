@@ -1,7 +1,8 @@
 //! Fourth red-team pass: the session-settings carry (transaction mode read-back and
 //! replay, ParameterStatus bookkeeping) and the tenant-scoped system views. Tests of
 //! attacks that held are regression tests; a test marked `#[ignore = "FINDING: ..."]`
-//! demonstrates a real problem (so the suite stays green).
+//! demonstrates a real problem (so the suite stays green). The three findings of this
+//! pass were fixed the same session; their tests now assert the fix.
 
 use std::time::Duration;
 
@@ -9,15 +10,9 @@ use rlsgate::config::PoolMode;
 use tokio_postgres::Client;
 
 use crate::harness::{db_error, rows, visible_customers, Env};
+use crate::views::{backends_of, simple_rows, REVOKE_RAW};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
-
-/// What `policy apply` revokes of the session views (as in `views.rs`).
-const REVOKE_RAW: &str = "\
-    REVOKE SELECT ON pg_catalog.pg_stat_activity, pg_catalog.pg_locks, pg_catalog.pg_stat_ssl, \
-        pg_catalog.pg_stat_gssapi FROM PUBLIC; \
-    REVOKE EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer), \
-        pg_catalog.pg_lock_status() FROM PUBLIC;";
 
 async fn env(mode: PoolMode, size: usize) -> Env {
     let env = Env::with(|c| {
@@ -30,28 +25,6 @@ async fn env(mode: PoolMode, size: usize) -> Env {
         .psql("app", REVOKE_RAW)
         .expect("revoke the raw views");
     env
-}
-
-async fn simple_rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
-    rows(
-        &c.simple_query(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e} {:?}", e.as_db_error())),
-    )
-}
-
-async fn backends_of(env: &Env, tenant: &str) -> Vec<i32> {
-    env.admin()
-        .await
-        .query(
-            "SELECT pid FROM rlsgate.backend_context WHERE tenant = $1 ORDER BY pid",
-            &[&tenant],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 /// PostgreSQL snapshots backend status (pg_stat_activity's rows, their `query` text) once

@@ -16,7 +16,7 @@ use crate::harness::{db_error, rows, Env};
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
 /// What `policy apply` revokes of these views (the raw rows stay closed to the app role).
-const REVOKE_RAW: &str = "\
+pub(crate) const REVOKE_RAW: &str = "\
     REVOKE SELECT ON pg_catalog.pg_stat_activity, pg_catalog.pg_locks, pg_catalog.pg_stat_ssl, \
         pg_catalog.pg_stat_gssapi FROM PUBLIC; \
     REVOKE EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer), \
@@ -36,7 +36,7 @@ async fn env(mode: PoolMode, guard: bool) -> Env {
     env
 }
 
-async fn simple_rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
+pub(crate) async fn simple_rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
     rows(
         &c.simple_query(sql)
             .await
@@ -45,7 +45,7 @@ async fn simple_rows(c: &Client, sql: &str) -> Vec<Vec<String>> {
 }
 
 /// The backends that hold `tenant` right now, as the superuser sees them.
-async fn backends_of(env: &Env, tenant: &str) -> Vec<i32> {
+pub(crate) async fn backends_of(env: &Env, tenant: &str) -> Vec<i32> {
     let admin = env.admin().await;
     admin
         .query(

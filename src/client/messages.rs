@@ -296,20 +296,13 @@ impl Session<'_> {
         let Some(scoped) = crate::backend_calls::scope_sql(&sql.text, &pids)? else {
             return Ok(rewritten);
         };
-        if !sql.utf8 {
-            return Err(crate::channels::Refusal {
-                code: "0A000",
-                message: "rlsgate: pg_cancel_backend/pg_terminate_backend in text that is not \
-                          UTF-8 cannot be scoped to this tenant"
-                    .into(),
-            });
-        }
-        protocol::with_sql(msg, &scoped)
-            .map(Some)
-            .ok_or(crate::channels::Refusal {
-                code: "08P01",
-                message: "rlsgate: malformed message".into(),
-            })
+        scoped_message(
+            msg,
+            &scoped,
+            sql.utf8,
+            "pg_cancel_backend/pg_terminate_backend in text that is not UTF-8 cannot be scoped \
+             to this tenant",
+        )
     }
 
     /// The Query/Parse with its reads of `pg_stat_activity`, `pg_locks`, `pg_stat_ssl`
@@ -335,20 +328,12 @@ impl Session<'_> {
         let Some(scoped) = crate::system_views::scope_sql(&sql.text)? else {
             return Ok(None);
         };
-        if !sql.utf8 {
-            return Err(crate::channels::Refusal {
-                code: "0A000",
-                message: "rlsgate: reads of session views in text that is not UTF-8 cannot \
-                          be scoped to this tenant"
-                    .into(),
-            });
-        }
-        protocol::with_sql(msg, &scoped)
-            .map(Some)
-            .ok_or(crate::channels::Refusal {
-                code: "08P01",
-                message: "rlsgate: malformed message".into(),
-            })
+        scoped_message(
+            msg,
+            &scoped,
+            sql.utf8,
+            "reads of session views in text that is not UTF-8 cannot be scoped to this tenant",
+        )
     }
 
     /// The Query/Parse with its LISTEN/NOTIFY channels moved into this tenant's
@@ -381,12 +366,7 @@ impl Session<'_> {
         let Some(scoped) = crate::channels::scope_sql(&sql.text, suffix)? else {
             return Ok(rewritten);
         };
-        protocol::with_sql(msg, &scoped)
-            .map(Some)
-            .ok_or(crate::channels::Refusal {
-                code: "08P01",
-                message: "rlsgate: malformed message".into(),
-            })
+        scoped_message(msg, &scoped, true, "")
     }
 
     /// Transaction mode: `feature` needs one server for the rest of the session. With
@@ -488,6 +468,28 @@ impl Session<'_> {
         }
         out
     }
+}
+
+/// `msg` with its SQL text replaced by a scoped rewrite; refused when the text was not
+/// UTF-8 (`why` says what cannot be scoped), since the rewrite works on UTF-8 text.
+fn scoped_message(
+    msg: &[u8],
+    scoped: &str,
+    utf8: bool,
+    why: &str,
+) -> Result<Option<BytesMut>, crate::channels::Refusal> {
+    if !utf8 {
+        return Err(crate::channels::Refusal {
+            code: "0A000",
+            message: format!("rlsgate: {why}"),
+        });
+    }
+    protocol::with_sql(msg, scoped)
+        .map(Some)
+        .ok_or(crate::channels::Refusal {
+            code: "08P01",
+            message: "rlsgate: malformed message".into(),
+        })
 }
 
 /// False when a Parse, Bind, or statement Describe/Close names a statement with bytes
