@@ -26,7 +26,7 @@ class Django(runner.Suite):
     name, title, db = "django", f"Django {DJANGO_VERSION} test suite (PostgreSQL backend)", "test_django"
     other_db = "test_django_other"
     extensions = EXTENSIONS
-    timeout = 900  # the whole runtests.py run; one test alone is stopped after 60 s
+    timeout = 300  # the whole runtests.py run (~50-90 s); one test alone is stopped after 60 s
     TEST_TIMEOUT = 60
 
     def prepare(self):
