@@ -30,6 +30,9 @@ command -v pgbouncer >/dev/null || need+=(pgbouncer)
 command -v pgproto >/dev/null || need+=(pgpool2)
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/lib/pq ] || need+=(golang-github-lib-pq-dev)
+# pgx v4 with its dependencies (its stdlib tests also import Masterminds/semver).
+[ -d /usr/share/gocode/src/github.com/jackc/pgx/v4 ] || need+=(golang-github-jackc-pgx-v4-dev)
+[ -d /usr/share/gocode/src/github.com/Masterminds/semver ] || need+=(golang-github-masterminds-semver-dev)
 [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 command -v javac >/dev/null || need+=(default-jdk-headless)
 command -v node >/dev/null || need+=(nodejs)
@@ -54,7 +57,7 @@ if [ "$(id -u)" = 0 ]; then
     done
 fi
 
-# --- Python: psycopg2 and asyncpg (wheels for the modules, sdists for their tests) -----
+# --- Python: psycopg2, asyncpg, Django (wheels for the modules, sdists for their tests) -
 # The venv is made with Debian's /usr/bin/python3 so that the `postgres` OS user (asyncpg's
 # suite runs as it) can execute it; a pyenv under /root is not reachable for that user.
 venv="$cache/venv"
@@ -64,6 +67,16 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import psycopg2, asyn
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check \
         "psycopg2-binary==2.9.13" "asyncpg==0.32.0" "pytest>=8" "pytest-timeout" "distro"
+fi
+# Django's test suite (suites/django.py runs it from the Django 5.2.19 sdist, which the
+# runner downloads): psycopg 3 (which Django prefers), its pool (backends' pool tests),
+# Django's own dependencies, and the test requirements of the apps it runs (PyYAML for
+# serialization, Pillow for ImageField).
+if ! "$venv/bin/python" -c 'import psycopg, psycopg_pool, asgiref, sqlparse, yaml, PIL' 2>/dev/null; then
+    log "pip install (Django test requirements)"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        "psycopg[binary]==3.2.13" "psycopg-pool==3.2.8" "asgiref==3.9.2" "sqlparse==0.5.5" \
+        "PyYAML==6.0.3" "pillow==11.3.0"
 fi
 
 # --- npm: node-postgres --------------------------------------------------------------

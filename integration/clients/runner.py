@@ -988,9 +988,16 @@ def cargo_crate_source(name: str, version: str) -> Path:
 # Driver
 
 
+# Suites in their own modules (suites/) use this module's helpers through `import runner`:
+# make that name this very module when it runs as a script, or Python would load a
+# second copy of it.
+sys.modules.setdefault("runner", sys.modules[__name__])
+from suites.django import Django  # noqa: E402
+from suites.pgx import Pgx  # noqa: E402
+
 # tokio-postgres first: one of its tests reads pg_database in heap order, which the other
 # suites' CREATE/DROP DATABASE can change (see Env.setup_roles).
-SUITES = [TokioPostgres, Psycopg2, Asyncpg, GoLibPq, Jdbc, Node, Pgbench, Pgproto]
+SUITES = [TokioPostgres, Psycopg2, Asyncpg, GoLibPq, Pgx, Jdbc, Node, Pgbench, Pgproto, Django]
 
 
 def main() -> int:

@@ -64,6 +64,13 @@ class Recorder(unittest.TextTestResult):
         super().addSkip(test, reason)
         self._set(test, "skipped")
 
+    def addSubTest(self, test, subtest, err):
+        # A failing subTest fails its test (unittest then calls no addSuccess for it, so
+        # without this the test would be missing from the report).
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._set(test, "failed", err)
+
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
         self._set(test, "passed")

@@ -1,0 +1,1 @@
+"""Suites kept out of runner.py, one module each; runner.py lists them in SUITES."""
