@@ -3,7 +3,7 @@
 //! full reset (`tenant::SWITCH_RESET`).
 //!
 //! Clean means: every statement is a SELECT, INSERT, UPDATE, DELETE, MERGE, COPY, SHOW,
-//! transaction control or EXPLAIN of those, without `SELECT ... INTO`, and every function
+//! NOTIFY, transaction control or EXPLAIN of those, without `SELECT ... INTO`, and every function
 //! it calls by name is a built-in on the list below (none of which can change a setting,
 //! take a session lock, listen, or create an object). Anything else (SET, DDL, DO,
 //! user-defined or unknown functions, texts that do not parse) is not clean. Functions a
@@ -146,6 +146,8 @@ const PURE_FUNCTIONS: &[&str] = &[
     "current_schema",
     "current_schemas",
     "pg_backend_pid",
+    // Queues a notification sent at commit (LISTEN, which does leave state, is not here).
+    "pg_notify",
     "version",
     "pg_typeof",
     "to_regclass",
@@ -226,6 +228,7 @@ fn clean_kind(node: &Node) -> bool {
         | Node::MergeStmt(_)
         | Node::CopyStmt(_)
         | Node::VariableShowStmt(_)
+        | Node::NotifyStmt(_)
         | Node::TransactionStmt(_) => true,
         Node::ExplainStmt(e) => e
             .query
@@ -305,6 +308,8 @@ mod tests {
             "SELECT coalesce(max(id), 0) FROM t WHERE x IN (1, 2) LIMIT 5",
             "SHOW search_path",
             "EXPLAIN SELECT 1",
+            "NOTIFY jobs, 'x'",
+            "SELECT pg_notify('jobs', $1)",
         ] {
             assert!(is_clean(sql), "{sql}");
         }
