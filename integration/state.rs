@@ -389,11 +389,22 @@ async fn committed_settings_follow_the_client_to_another_server() {
                 direct.query(&sql).await;
             }
             let before = pid(&mut me).await;
-            // Another client holds the server just used (the only idle one), so the
-            // next transaction gets a different one.
-            let mut other = Peer::connect(env.port(), "bob", &env.token("globex")).await;
-            other.query("BEGIN").await;
-            let opid = pid(&mut other).await;
+            // Another client holds the server just used, so the next transaction gets a
+            // different one. The pool hands out the most recently released server once
+            // the proxy has released it (after its own replies): try a few times.
+            let mut tries = 0;
+            let (mut other, opid) = loop {
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                let mut other = Peer::connect(env.port(), "bob", &env.token("globex")).await;
+                other.query("BEGIN").await;
+                let opid = pid(&mut other).await;
+                if opid == before || tries == 10 {
+                    break (other, opid);
+                }
+                other.query("COMMIT").await;
+                other.raw.send(&terminate()).await;
+                tries += 1;
+            };
             let mine = me.snapshot(true).await;
             let after = pid(&mut me).await;
             assert_ne!(after, opid, "{case}: two clients on one server");
