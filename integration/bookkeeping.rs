@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use postgres_protocol::IsNull;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{data_rows, summarize, visible_customers, Env, Raw};
+use crate::harness::{bind, data_rows, summarize, visible_customers, Env, Raw};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -23,22 +22,6 @@ async fn one_server(mode: PoolMode, guard: bool) -> Env {
         c.guard.enabled = guard;
     })
     .await
-}
-
-fn bind(buf: &mut BytesMut, stmt: &str, params: &[&str]) {
-    let r = frontend::bind(
-        "",
-        stmt,
-        [],
-        params.iter(),
-        |p, b| {
-            b.extend_from_slice(p.as_bytes());
-            Ok(IsNull::No)
-        },
-        [],
-        buf,
-    );
-    assert!(r.is_ok());
 }
 
 fn query(buf: &mut BytesMut, sql: &str) {

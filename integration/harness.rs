@@ -447,3 +447,39 @@ pub fn data_rows(msgs: &[RawMessage]) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+/// Bind of `stmt` to the unnamed portal with text parameters.
+pub fn bind(buf: &mut bytes::BytesMut, stmt: &str, params: &[&str]) {
+    let r = postgres_protocol::message::frontend::bind(
+        "",
+        stmt,
+        [],
+        params.iter(),
+        |p, b| {
+            b.extend_from_slice(p.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [],
+        buf,
+    );
+    assert!(r.is_ok());
+}
+
+/// Everything until `n` ReadyForQuery, the end of the session or 10 s.
+pub async fn collect(r: &mut Raw, n: usize) -> Vec<RawMessage> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen = 0;
+        while seen < n {
+            match r.try_read().await {
+                Some(m) => {
+                    seen += usize::from(m.0 == b'Z');
+                    out.push(m);
+                }
+                None => return,
+            }
+        }
+    })
+    .await;
+    out
+}

@@ -4,29 +4,12 @@
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use postgres_protocol::IsNull;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{summarize, Env, Raw};
+use crate::harness::{bind, summarize, Env, Raw};
 
 fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
     frontend::parse(name, sql, [], buf).unwrap();
-}
-
-fn bind(buf: &mut BytesMut, stmt: &str, params: &[&str]) {
-    let r = frontend::bind(
-        "",
-        stmt,
-        [],
-        params.iter(),
-        |p, b| {
-            b.extend_from_slice(p.as_bytes());
-            Ok(IsNull::No)
-        },
-        [],
-        buf,
-    );
-    assert!(r.is_ok());
 }
 
 fn execute(buf: &mut BytesMut) {

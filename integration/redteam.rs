@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::frontend;
-use postgres_protocol::IsNull;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{data_rows, summarize, visible_customers, Env, Raw, RawMessage};
+use crate::harness::{bind, data_rows, summarize, visible_customers, Env, Raw, RawMessage};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -20,22 +19,6 @@ async fn one_server(mode: PoolMode) -> Env {
         c.pool.acquire_timeout = Duration::from_secs(3);
     })
     .await
-}
-
-fn bind(buf: &mut BytesMut, stmt: &str, params: &[&str]) {
-    let r = frontend::bind(
-        "",
-        stmt,
-        [],
-        params.iter(),
-        |p, b| {
-            b.extend_from_slice(p.as_bytes());
-            Ok(IsNull::No)
-        },
-        [],
-        buf,
-    );
-    assert!(r.is_ok());
 }
 
 fn parse(buf: &mut BytesMut, name: &str, sql: &str) {

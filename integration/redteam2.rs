@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use rlsgate::config::{Config, PoolMode};
 use rlsgate::protocol;
 
-use crate::harness::{rows, summarize, visible_customers, Env, Raw, RawMessage};
+use crate::harness::{collect, rows, summarize, visible_customers, Env, Raw, RawMessage};
 
 /// UTF-8 "さ\" is E3 81 95 5C; SJIS reads it as [E3 81][95 5C]: the backslash is the
 /// trail byte of 表. Valid UTF-8, so a guard that believes UTF8 reads it and sees one
@@ -23,25 +23,6 @@ const HIDDEN_SLEEP: &str = "SELECT E'\u{3055}\\' , pg_catalog.set_config($$app.c
 
 async fn raw(env: &Env, tenant: &str) -> Raw {
     Raw::connect(env.port(), &format!("user-{tenant}"), &env.token(tenant)).await
-}
-
-/// Everything the proxy sends until `n` ReadyForQuery, the end of the session or 10 s.
-async fn collect(r: &mut Raw, n: usize) -> Vec<RawMessage> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut seen = 0;
-        while seen < n {
-            match r.try_read().await {
-                Some(m) => {
-                    seen += usize::from(m.0 == b'Z');
-                    out.push(m);
-                }
-                None => return,
-            }
-        }
-    })
-    .await;
-    out
 }
 
 /// The text of every DataRow column in `msgs`.

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use rlsgate::config::PoolMode;
 use rlsgate::protocol;
 
-use crate::harness::{rows, summarize, visible_customers, Env, Raw, RawMessage};
+use crate::harness::{collect, rows, summarize, visible_customers, Env, Raw};
 
 async fn txn_env() -> Env {
     Env::with(|c| {
@@ -23,25 +23,6 @@ async fn txn_env() -> Env {
 
 async fn raw(env: &Env, tenant: &str) -> Raw {
     Raw::connect(env.port(), &format!("user-{tenant}"), &env.token(tenant)).await
-}
-
-/// Everything until `n` ReadyForQuery, the end of the session or 10 s.
-async fn collect(r: &mut Raw, n: usize) -> Vec<RawMessage> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut seen = 0;
-        while seen < n {
-            match r.try_read().await {
-                Some(m) => {
-                    seen += usize::from(m.0 == b'Z');
-                    out.push(m);
-                }
-                None => return,
-            }
-        }
-    })
-    .await;
-    out
 }
 
 fn msg(buf: &mut BytesMut, tag: u8, body: &[u8]) {
