@@ -53,7 +53,11 @@ async fn stats_snapshot_shows_previous_tenants_query_text() {
         simple_rows(&acme, "SELECT count(*) FROM pg_stat_activity").await;
         // globex leaves; a new acme session takes its server.
         drop(globex);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let envr = &env;
+        crate::harness::wait_for("the server back in the pool", move || async move {
+            envr.idle_servers() >= 1
+        })
+        .await;
         let acme2 = env.connect("acme").await;
         let pid2 = simple_rows(&acme2, "SELECT pg_backend_pid()").await[0][0].clone();
         assert_eq!(
@@ -109,7 +113,11 @@ async fn repeatable_read_keeps_old_tenant_map_while_status_is_live() {
             .clone();
         assert_ne!(own, other, "{mode:?}");
         drop(acme2);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let envr = &env;
+        crate::harness::wait_for("the server back in the pool", move || async move {
+            envr.idle_servers() >= 1
+        })
+        .await;
         // globex now takes that server, holds a lock and runs a statement.
         let globex = std::sync::Arc::new(env.connect("globex").await);
         globex
@@ -128,7 +136,8 @@ async fn repeatable_read_keeps_old_tenant_map_while_status_is_live() {
                 .await
                 .map(|_| ())
         });
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        env.wait_for_active_query("SELECT 'globex-live-secret'")
+            .await;
         // Fixed: the scoped views are refused outside READ COMMITTED (an old tenant map
         // beside live status), and at READ COMMITTED they read both fresh.
         for sql in [
