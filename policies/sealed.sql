@@ -206,7 +206,8 @@ GRANT EXECUTE ON FUNCTION rlsgate.tenant() TO PUBLIC;
 
 
 -- Tenant-scoped session views (issue 12). rlsgate rewrites a client's reads of
--- pg_stat_activity, pg_locks, pg_stat_ssl and pg_stat_gssapi to these: rows of the
+-- pg_stat_activity, pg_locks, pg_stat_ssl and pg_stat_gssapi to these (and of
+-- pg_prepared_statements and pg_cursors to the two below them): rows of the
 -- backends that hold the caller's sealed tenant only, as if the client had the database
 -- to itself (session mode: the tenant's sessions; transaction mode: the servers holding
 -- the tenant's context, the caller's own among them, so pg_backend_pid() is in it).
@@ -221,9 +222,10 @@ GRANT EXECUTE ON FUNCTION rlsgate.tenant() TO PUBLIC;
 -- older (a reused pid does not count). Other isolation levels would read an old tenant
 -- map beside live status: refused there.
 DROP VIEW IF EXISTS rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
-    rlsgate.pg_stat_gssapi;
+    rlsgate.pg_stat_gssapi, rlsgate.pg_prepared_statements, rlsgate.pg_cursors;
 DROP FUNCTION IF EXISTS rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
-    rlsgate.stat_gssapi(), rlsgate.tenant_backends();
+    rlsgate.stat_gssapi(), rlsgate.tenant_backends(), rlsgate.prepared_statements(),
+    rlsgate.cursors();
 
 CREATE OR REPLACE FUNCTION rlsgate.fresh_status() RETURNS pg_catalog.pg_stat_activity[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -297,6 +299,22 @@ BEGIN
     RETURN QUERY SELECT (s).* FROM pg_catalog.unnest(rows) s WHERE (s).pid = ANY (pids);
 END
 $$;
+-- The caller's own backend's prepared statements and cursors. Session mode: the
+-- client's own. Transaction mode: rlsgate lists a client's statements itself (the
+-- pooled server holds its tenant's other clients' too, under keyed names beginning
+-- `rlsgate_`, which this view leaves out); cursors live in one transaction, the caller's.
+CREATE OR REPLACE FUNCTION rlsgate.prepared_statements()
+RETURNS SETOF pg_catalog.pg_prepared_statements
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pg_catalog.pg_prepared_statements p
+    WHERE pg_catalog.left(p.name, 8) OPERATOR(pg_catalog.<>) 'rlsgate_'
+$$;
+CREATE OR REPLACE FUNCTION rlsgate.cursors() RETURNS SETOF pg_catalog.pg_cursors
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pg_catalog.pg_cursors
+$$;
+CREATE VIEW rlsgate.pg_prepared_statements AS SELECT * FROM rlsgate.prepared_statements();
+CREATE VIEW rlsgate.pg_cursors AS SELECT * FROM rlsgate.cursors();
 CREATE VIEW rlsgate.pg_stat_activity AS SELECT * FROM rlsgate.stat_activity();
 CREATE VIEW rlsgate.pg_locks AS SELECT * FROM rlsgate.locks();
 CREATE VIEW rlsgate.pg_stat_ssl AS SELECT * FROM rlsgate.stat_ssl();
@@ -304,13 +322,13 @@ CREATE VIEW rlsgate.pg_stat_gssapi AS SELECT * FROM rlsgate.stat_gssapi();
 REVOKE ALL ON FUNCTION rlsgate.fresh_status(),
     rlsgate.tenant_pids(pg_catalog.pg_stat_activity[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
-    rlsgate.stat_gssapi() FROM PUBLIC;
+    rlsgate.stat_gssapi(), rlsgate.prepared_statements(), rlsgate.cursors() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
-    rlsgate.stat_gssapi() TO PUBLIC;
+    rlsgate.stat_gssapi(), rlsgate.prepared_statements(), rlsgate.cursors() TO PUBLIC;
 REVOKE ALL ON rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
-    rlsgate.pg_stat_gssapi FROM PUBLIC;
+    rlsgate.pg_stat_gssapi, rlsgate.pg_prepared_statements, rlsgate.pg_cursors FROM PUBLIC;
 GRANT SELECT ON rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
-    rlsgate.pg_stat_gssapi TO PUBLIC;
+    rlsgate.pg_stat_gssapi, rlsgate.pg_prepared_statements, rlsgate.pg_cursors TO PUBLIC;
 
 COMMIT;
 

@@ -212,7 +212,10 @@ pub async fn run_session(
         server,
         to_server: BytesMut::with_capacity(READ_CHUNK),
         pipeline: Pipeline::default(),
-        statements: ClientStatements::new(state.statement_names.clone()),
+        statements: ClientStatements::new(
+            state.statement_names.clone(),
+            client.identity.tenant.as_ref(),
+        ),
         proxy_error: None,
         extended_open: false,
         tx: TxStatus::Idle,

@@ -25,19 +25,57 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse message under the server name.
     pub parse: BytesMut,
+    /// When the client prepared it (`pg_prepared_statements.prepare_time`).
+    pub prepared_at: std::time::SystemTime,
+    /// The client's own Parse, when rlsgate rewrote its text (scoped views, channels).
+    pub original: Option<BytesMut>,
+}
+
+impl Statement {
+    /// The Parse as the client sent it (its name is the client's or the server's).
+    pub fn client_parse(&self) -> &[u8] {
+        self.original.as_deref().unwrap_or(&self.parse)
+    }
+}
+
+/// The parameter types a Parse gives (0: the server infers it).
+pub fn parameter_types(msg: &[u8]) -> Vec<u32> {
+    let body = protocol::body(msg);
+    let mut pos = 0;
+    let (Some(_), Some(_)) = (
+        protocol::read_cstr(body, &mut pos),
+        protocol::read_cstr(body, &mut pos),
+    ) else {
+        return Vec::new();
+    };
+    let rest = &body[pos..];
+    let Some(n) = rest
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    else {
+        return Vec::new();
+    };
+    rest[2..]
+        .chunks_exact(4)
+        .take(n)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Derives server-side statement names: SipHash-1-3 under a random per-process key
-/// (`RandomState`), so names are stable within one rlsgate process (servers share
-/// statements of the same text) and unguessable from outside it.
+/// (`RandomState`) over the tenant, the text and the parameter types, so names are
+/// stable within one rlsgate process (a server shares a statement between the clients
+/// of one tenant, never between tenants, so its plan counts are the tenant's own) and
+/// unguessable from outside it.
 #[derive(Debug, Clone, Default)]
 pub struct StatementNamer(std::hash::RandomState);
 
 impl StatementNamer {
     /// Server-side statement name: stable for the same text and parameter types.
-    fn name(&self, query_and_types: &[u8]) -> String {
+    fn name(&self, tenant: &str, query_and_types: &[u8]) -> String {
         use std::hash::BuildHasher;
-        format!("{SERVER_PREFIX}{:016x}", self.0.hash_one(query_and_types))
+        let key = self.0.hash_one((tenant, query_and_types));
+        format!("{SERVER_PREFIX}{key:016x}")
     }
 }
 
@@ -46,6 +84,7 @@ impl StatementNamer {
 pub struct ClientStatements {
     map: HashMap<String, Arc<Statement>>,
     namer: StatementNamer,
+    tenant: String,
     /// Recently forgotten (client name, server name) pairs: a message pipelined behind a
     /// Parse that failed may still name the server name in its error.
     forgotten: std::collections::VecDeque<(String, String)>,
@@ -55,16 +94,18 @@ pub struct ClientStatements {
 const FORGOTTEN_KEPT: usize = 32;
 
 impl ClientStatements {
-    pub fn new(namer: StatementNamer) -> ClientStatements {
+    pub fn new(namer: StatementNamer, tenant: &str) -> ClientStatements {
         ClientStatements {
             map: HashMap::new(),
             namer,
+            tenant: tenant.to_owned(),
             forgotten: Default::default(),
         }
     }
 
-    /// Records a Parse; returns the statement when it is named.
-    pub fn on_parse(&mut self, msg: &[u8]) -> Option<Arc<Statement>> {
+    /// Records a Parse (`original`: the client's, when rlsgate rewrote it); returns the
+    /// statement when it is named.
+    pub fn on_parse(&mut self, msg: &[u8], original: Option<&[u8]>) -> Option<Arc<Statement>> {
         let body = protocol::body(msg);
         let mut pos = 0;
         let name = protocol::read_cstr(body, &mut pos)?;
@@ -72,20 +113,30 @@ impl ClientStatements {
             return None;
         }
         let rest = &body[pos..];
-        let server_name = self.namer.name(rest);
+        let server_name = self.namer.name(&self.tenant, rest);
         let mut parse = BytesMut::with_capacity(msg.len() + 24);
         parse.put_u8(fe::PARSE);
         parse.put_i32((4 + server_name.len() + 1 + rest.len()) as i32);
         parse.put_slice(server_name.as_bytes());
         parse.put_u8(0);
         parse.put_slice(rest);
-        let stmt = Arc::new(Statement { server_name, parse });
+        let stmt = Arc::new(Statement {
+            server_name,
+            parse,
+            prepared_at: std::time::SystemTime::now(),
+            original: original.map(BytesMut::from),
+        });
         self.map.insert(name.to_owned(), stmt.clone());
         Some(stmt)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
         self.map.get(name)
+    }
+
+    /// Every statement the client holds, by its name (unordered, as PostgreSQL lists them).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Statement)> {
+        self.map.iter().map(|(name, s)| (name.as_str(), s.as_ref()))
     }
 
     pub fn close(&mut self, name: &str) {
@@ -249,12 +300,19 @@ mod tests {
         let mut b = BytesMut::new();
         protocol::put_parse(&mut b, "other", "SELECT $1");
         let namer = StatementNamer::default();
-        let mut cs = ClientStatements::new(namer.clone());
-        let sa = cs.on_parse(&a).unwrap();
-        let sb = ClientStatements::new(namer).on_parse(&b).unwrap();
+        let mut cs = ClientStatements::new(namer.clone(), "acme");
+        let sa = cs.on_parse(&a, None).unwrap();
+        let sb = ClientStatements::new(namer.clone(), "acme")
+            .on_parse(&b, None)
+            .unwrap();
         assert_eq!(sa.server_name, sb.server_name);
+        // Another tenant's client prepares the same text under another server name.
+        let sg = ClientStatements::new(namer, "globex")
+            .on_parse(&b, None)
+            .unwrap();
+        assert_ne!(sa.server_name, sg.server_name);
         // Another process (another key) names the same text differently.
-        let sc = ClientStatements::default().on_parse(&a).unwrap();
+        let sc = ClientStatements::default().on_parse(&a, None).unwrap();
         assert_ne!(sa.server_name, sc.server_name);
         assert_eq!(
             crate::inspect::sql_of(fe::PARSE, &sa.parse, crate::encoding::Encoding::Utf8)
@@ -263,7 +321,7 @@ mod tests {
         );
         let mut unnamed = BytesMut::new();
         protocol::put_parse(&mut unnamed, "", "SELECT 1");
-        assert!(cs.on_parse(&unnamed).is_none());
+        assert!(cs.on_parse(&unnamed, None).is_none());
     }
 
     #[test]

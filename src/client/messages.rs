@@ -84,7 +84,8 @@ impl Session<'_> {
                     let own = Some(self.marker.clone());
                     return Ok(Some(self.marker_statement(tag, own, "42P05", message)));
                 }
-                let Some(stmt) = self.statements.on_parse(parse) else {
+                let original = rewritten.is_some().then(|| &self.cbuf[start..end]);
+                let Some(stmt) = self.statements.on_parse(parse, original) else {
                     // Unnamed: remembered so a Bind in a later transaction (maybe on
                     // another server) runs this client's statement, not another's.
                     self.unnamed = Some(BytesMut::from(parse));
@@ -305,17 +306,23 @@ impl Session<'_> {
         )
     }
 
-    /// The Query/Parse with its reads of `pg_stat_activity`, `pg_locks`, `pg_stat_ssl`
-    /// and `pg_stat_gssapi` moved to the tenant-scoped views (`system_views`), `None`
-    /// when it reads none. Only with the sealed context, which the views are built on;
-    /// without it the guard refuses such reads.
+    /// The Query/Parse with its reads of the session views (`system_views::SCOPED`)
+    /// moved to what this client would see with the database to itself, `None` when it
+    /// reads none. With the sealed context, the `rlsgate.*` views built on it; in
+    /// transaction mode, `pg_prepared_statements` is the list of the client's own
+    /// statements (the pooled server holds its tenant's other clients' too), as of now:
+    /// a statement prepared now lists itself, and lists what it listed when it is
+    /// executed again later.
     fn scope_views(
         &self,
         tag: u8,
         start: usize,
         end: usize,
     ) -> Result<Option<BytesMut>, crate::channels::Refusal> {
-        if self.ctx.seal.is_none() {
+        use crate::system_views::Scope;
+        let sealed = self.ctx.seal.is_some();
+        let txn = self.mode == PoolMode::Transaction;
+        if !sealed && !txn {
             return Ok(None);
         }
         let msg = &self.cbuf[start..end];
@@ -325,7 +332,16 @@ impl Session<'_> {
         if !crate::system_views::mentioned(&sql.text) {
             return Ok(None);
         }
-        let Some(scoped) = crate::system_views::scope_sql(&sql.text)? else {
+        let statements = match txn {
+            true => Some(self.statement_list(tag, msg, &sql.text)?),
+            false => None,
+        };
+        let scope = |view: &str| match (view, &statements) {
+            ("pg_prepared_statements", Some(rows)) => Some(Scope::Rows(rows.clone())),
+            _ if sealed => Some(Scope::Schema),
+            _ => None,
+        };
+        let Some(scoped) = crate::system_views::scope_sql(&sql.text, scope)? else {
             return Ok(None);
         };
         scoped_message(
@@ -334,6 +350,52 @@ impl Session<'_> {
             sql.utf8,
             "reads of session views in text that is not UTF-8 cannot be scoped to this tenant",
         )
+    }
+
+    /// Transaction mode: the client's prepared statements as `pg_prepared_statements`
+    /// rows, with the one `msg` prepares (a named Parse whose text is `text`).
+    fn statement_list(
+        &self,
+        tag: u8,
+        msg: &[u8],
+        text: &str,
+    ) -> Result<String, crate::channels::Refusal> {
+        let encoding = self.encoding.current();
+        let mut held = Vec::new();
+        for (name, stmt) in self.statements.iter() {
+            let parse = stmt.client_parse();
+            let Some(sql) = crate::inspect::sql_of(fe::PARSE, parse, encoding) else {
+                continue;
+            };
+            if !sql.utf8 {
+                return Err(crate::channels::Refusal {
+                    code: "0A000",
+                    message: "rlsgate: pg_prepared_statements cannot be listed while a \
+                              statement's text is not UTF-8"
+                        .into(),
+                });
+            }
+            held.push((name, sql.text.into_owned(), stmt.prepared_at, parse));
+        }
+        let this = (tag == fe::PARSE)
+            .then(|| parse_statement_name(msg))
+            .flatten()
+            .filter(|n| !n.is_empty() && self.statements.get(n).is_none())
+            .map(|name| (name, text.to_owned(), std::time::SystemTime::now(), msg));
+        held.extend(this);
+        let types: Vec<Vec<u32>> = held
+            .iter()
+            .map(|(_, _, _, parse)| prepared::parameter_types(parse))
+            .collect();
+        let rows = held.iter().zip(&types).map(|((name, text, at, _), types)| {
+            crate::system_views::PreparedRow {
+                name,
+                statement: text,
+                prepare_time: *at,
+                parameter_types: types,
+            }
+        });
+        Ok(crate::system_views::prepared_statements_rows(rows))
     }
 
     /// The Query/Parse with its LISTEN/NOTIFY channels moved into this tenant's

@@ -252,7 +252,7 @@ fn a_skipped_close_leaves_the_statement() {
     use crate::prepared::ClientStatements;
     let mut parse = BytesMut::new();
     crate::protocol::put_parse(&mut parse, "s1", "SELECT 1");
-    let stmt = ClientStatements::default().on_parse(&parse).unwrap();
+    let stmt = ClientStatements::default().on_parse(&parse, None).unwrap();
     let mut p = Pipeline::default();
     p.client(Reply::Parse);
     assert!(p.synthetic_close(BytesMut::new(), "s1".into(), stmt.clone()));
