@@ -121,7 +121,8 @@ async fn the_proxy_context_statement_is_out_of_reach() {
 }
 
 /// Transaction mode renames clients' statements on the servers. Even a client that
-/// learns a server-side name (here with the guard off, from `pg_prepared_statements`)
+/// learns a server-side name (here with the guard off, from `pg_prepared_statement()`;
+/// a read of `pg_prepared_statements` lists only its own statements)
 /// cannot describe, bind or execute another client's statement through it: the proxy
 /// answers every name the client did not prepare itself with 26000, as directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,6 +137,11 @@ async fn statements_of_other_clients_are_out_of_reach() {
     let mut attacker = Raw::connect(env.port(), "mallory", &env.token("globex")).await;
     let mut b = BytesMut::new();
     query(&mut b, "SELECT name FROM pg_prepared_statements");
+    attacker.send(&b).await;
+    let own = data_rows(&attacker.until_ready(1).await);
+    assert!(own.is_empty(), "the view lists the attacker's own statements only: {own:?}");
+    let mut b = BytesMut::new();
+    query(&mut b, "SELECT name FROM pg_catalog.pg_prepared_statement()");
     attacker.send(&b).await;
     let names: Vec<String> = data_rows(&attacker.until_ready(1).await)
         .into_iter()

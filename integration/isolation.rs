@@ -147,7 +147,7 @@ async fn settings_listens_and_locks_never_reach_the_next_session() {
 /// Functions that reach the other backends of the shared upstream role are refused or
 /// scoped: listing them is refused, cancelling or ending reaches only the server of the
 /// same transaction, the pooled server's prepared statements (other sessions' statement
-/// texts) cannot be read.
+/// texts) cannot be read: the view lists the client's own, the function is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_that_reach_other_backends_are_refused() {
     let env = Env::with(|c| c.pool.mode = PoolMode::Transaction).await;
@@ -171,12 +171,25 @@ async fn functions_that_reach_other_backends_are_refused() {
     for sql in [
         "SELECT s FROM pg_stat_get_backend_idset() s",
         "SELECT pg_stat_get_backend_pid(1)",
-        "SELECT statement FROM pg_prepared_statements",
         "SELECT * FROM pg_prepared_statement()",
         "DO $$ BEGIN PERFORM pg_terminate_backend(1); END $$",
     ] {
         let err = a.simple_query(sql).await.unwrap_err();
         assert_eq!(db_error(&err).0, "42501", "{sql}");
+    }
+    let _own = a.prepare("SELECT 'acme-own'").await.unwrap();
+    let b = env.connect("globex").await;
+    let _other = b.prepare("SELECT 'globex-other'").await.unwrap();
+    let listed = a
+        .query("SELECT name, statement FROM pg_prepared_statements", &[])
+        .await
+        .unwrap();
+    let texts: Vec<String> = listed.iter().map(|r| r.get(1)).collect();
+    assert!(texts.iter().any(|t| t == "SELECT 'acme-own'"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("globex")), "{texts:?}");
+    for r in &listed {
+        let name: String = r.get(0);
+        assert!(!name.starts_with("rlsgate_"), "{name}");
     }
 }
 
