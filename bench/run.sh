@@ -124,7 +124,7 @@ RESULTS=$RUN_DIR/results.jsonl
 log "starting PostgreSQL ($PG_BIN) on 127.0.0.1:$PG_PORT"
 as_pg "$PG_BIN/initdb" -D "$RUN_DIR/pgdata" -U postgres --auth=trust -E UTF8 --no-sync >"$RUN_DIR/initdb.log" 2>&1 ||
     { cat "$RUN_DIR/initdb.log"; die "initdb failed"; }
-# Same settings as src/pgtemp.rs (tuned for speed, no durability), loopback only.
+# Same settings as src/dev/pgtemp.rs (tuned for speed, no durability), loopback only.
 cat >>"$RUN_DIR/pgdata/postgresql.conf" <<EOF
 # --- rlsgate bench ---
 listen_addresses = '127.0.0.1'
@@ -425,7 +425,7 @@ echo "pgbench_history rows of other tenants (must be 0): $(su_psql -d app -At -c
 
 # ------------------------------------------------------------------ report
 cat >"$RUN_DIR/setup.txt" <<EOF
-PostgreSQL 15 in a temp dir on 127.0.0.1:<free port>, settings as src/pgtemp.rs (fsync=off, full_page_writes=off, synchronous_commit=off, shared_buffers=128MB, max_connections=200).
+PostgreSQL 15 in a temp dir on 127.0.0.1:<free port>, settings as src/dev/pgtemp.rs (fsync=off, full_page_writes=off, synchronous_commit=off, shared_buffers=128MB, max_connections=200).
 \`pgbench -i -s $SCALE\` as the owner (postgres); \`tenant_id text NOT NULL DEFAULT current_setting('app.current_tenant')\` on pgbench_accounts/branches/tellers/history; row x belongs to tenant 't' || ((x - 1) % 8 + 1) (8 tenants, $((SCALE * 100000 / 8)) accounts each); ENABLE + FORCE RLS with policy \`tenant_id = current_setting('app.current_tenant', true)\` (USING and WITH CHECK) on all four tables.
 All clients connect as \`app_rls\` (NOSUPERUSER NOBYPASSRLS, DML grants only) over loopback TCP, tenant $TENANT; the scripts pick only $TENANT's rows (aid/bid/tid = 8k+1), so every SELECT returns one row and every UPDATE hits one row.
 **direct**: PostgreSQL itself, tenant via \`PGOPTIONS='-c app.current_tenant=$TENANT'\`, SCRAM-SHA-256 password auth; scripts \`bench/tenant_read.sql\`, \`bench/tenant_tpcb.sql\`.

@@ -80,7 +80,7 @@ async fn notifications_stay_within_their_tenant(mode: PoolMode) {
     // The snoop listens on acme's server-side channel in both ways a client can name
     // it: the statement is scoped again (to globex), the dynamic SQL is not, and only
     // the delivery filter stands between it and acme's notifications.
-    let acme_jobs = format!("jobs{}", rlsgate::channels::suffix("acme"));
+    let acme_jobs = format!("jobs{}", rlsgate::sql::channels::suffix("acme"));
     snoop
         .batch_execute(&format!("LISTEN \"{acme_jobs}\"; LISTEN jobs"))
         .await

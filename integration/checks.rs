@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rlsgate::config::PoolMode;
-use rlsgate::server::Server;
+use rlsgate::proxy::server::Server;
 
 use crate::harness::{db_error, visible_customers, Env};
 

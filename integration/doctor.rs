@@ -4,8 +4,8 @@
 
 use std::process::{Command, Stdio};
 
-use rlsgate::doctor::{audit, DoctorArgs, Report, Severity};
-use rlsgate::pgtemp::{TempPostgres, TempPostgresOptions};
+use rlsgate::control::doctor::{audit, DoctorArgs, Report, Severity};
+use rlsgate::dev::pgtemp::{TempPostgres, TempPostgresOptions};
 
 use crate::harness::Env;
 
@@ -74,7 +74,7 @@ ANALYZE;
 /// What `rlsgate policy apply` revokes from PUBLIC, as part of a clean schema: the
 /// functions and views through which one session of the shared role reaches another.
 fn hardening_sql() -> String {
-    use rlsgate::policy::hardening::{Kind, TARGETS};
+    use rlsgate::control::policy::hardening::{Kind, TARGETS};
     TARGETS
         .iter()
         .filter(|t| t.extension.is_none())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rlsgate::config::PoolMode;
-use rlsgate::encoding::{Class, Encoding, ALIASES, DECODED};
+use rlsgate::sql::encoding::{Class, Encoding, ALIASES, DECODED};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{summarize, Env, RawMessage};
@@ -341,7 +341,7 @@ impl Client {
 fn is_fatal((tag, body): &RawMessage) -> bool {
     let mut msg = vec![*tag, 0, 0, 0, 0];
     msg.extend_from_slice(body);
-    *tag == b'E' && rlsgate::protocol::parse_error_fields(&msg).severity == "FATAL"
+    *tag == b'E' && rlsgate::wire::protocol::parse_error_fields(&msg).severity == "FATAL"
 }
 
 mod attacks;

@@ -156,10 +156,10 @@ async fn orm_workload_has_no_false_refusals() {
         let (verdict, _) = inspector.inspect_message(
             b'Q',
             &query_message(stmt),
-            &rlsgate::encoding::Reading::Known(rlsgate::encoding::Encoding::Utf8),
+            &rlsgate::sql::encoding::Reading::Known(rlsgate::sql::encoding::Encoding::Utf8),
         );
         assert!(
-            !matches!(verdict, rlsgate::inspect::Verdict::Refuse { .. }),
+            !matches!(verdict, rlsgate::sql::inspect::Verdict::Refuse { .. }),
             "false refusal: {stmt}"
         );
         n += 1;

@@ -14,8 +14,8 @@ use futures::StreamExt;
 
 use rlsgate::auth::jwt::{mint, MintKey, MintOptions};
 use rlsgate::config::Config;
-use rlsgate::pgtemp::{TempPostgres, TempPostgresOptions, DEMO_SQL};
-use rlsgate::server::{RunningServer, Server};
+use rlsgate::dev::pgtemp::{TempPostgres, TempPostgresOptions, DEMO_SQL};
+use rlsgate::proxy::server::{RunningServer, Server};
 use tokio_postgres::{Client, NoTls};
 
 /// One PostgreSQL + one rlsgate.
@@ -59,12 +59,12 @@ impl Env {
             .prefix("rlsgate-test-")
             .tempdir()
             .unwrap();
-        let secret = rlsgate::demo::random_secret();
-        let mut config = rlsgate::demo::demo_config(&pg, dir.path(), &secret, 0).unwrap();
+        let secret = rlsgate::dev::demo::random_secret();
+        let mut config = rlsgate::dev::demo::demo_config(&pg, dir.path(), &secret, 0).unwrap();
         config.listen.shutdown_timeout = Duration::from_secs(2);
         modify(&mut config);
         config.validate().expect("test config is valid");
-        rlsgate::demo::store_seal_secret(&pg, &config).expect("store the seal secret");
+        rlsgate::dev::demo::store_seal_secret(&pg, &config).expect("store the seal secret");
         let proxy = Server::bind(config.clone())
             .await
             .expect("bind proxy")
@@ -401,7 +401,7 @@ pub fn summarize(msgs: &[RawMessage]) -> Vec<String> {
             b'E' => {
                 let mut msg = vec![*tag, 0, 0, 0, 0];
                 msg.extend_from_slice(body);
-                let f = rlsgate::protocol::parse_error_fields(&msg);
+                let f = rlsgate::wire::protocol::parse_error_fields(&msg);
                 format!("E {} {}", f.code, f.message)
             }
             b'Z' => format!("Z {}", body.first().map_or('?', |b| *b as char)),

@@ -201,7 +201,10 @@ fn plan_shows_sql_and_counts_and_changes_nothing(env: &Env) {
 
 /// Two tenants through the proxy: each sees only its rows; INSERTs take the session's
 /// tenant from the column default; cross-tenant writes and references fail.
-async fn tenants_are_isolated_through_the_proxy(env: &Env, proxy: &rlsgate::server::RunningServer) {
+async fn tenants_are_isolated_through_the_proxy(
+    env: &Env,
+    proxy: &rlsgate::proxy::server::RunningServer,
+) {
     let acme = hardening::connect(env, proxy, "acme").await;
     let globex = hardening::connect(env, proxy, "globex").await;
     for (t, n) in TABLES {
@@ -273,16 +276,18 @@ async fn tenants_are_isolated_through_the_proxy(env: &Env, proxy: &rlsgate::serv
     );
 }
 
-async fn doctor(env: &Env) -> rlsgate::doctor::Report {
+async fn doctor(env: &Env) -> rlsgate::control::doctor::Report {
     use clap::Parser;
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        doctor: rlsgate::doctor::DoctorArgs,
+        doctor: rlsgate::control::doctor::DoctorArgs,
     }
     let url = env.pg.superuser_url("app");
     let args = Cli::parse_from(["doctor", "--database", &url, "--policy", POLICY]).doctor;
-    rlsgate::doctor::audit(&args).await.expect("doctor runs")
+    rlsgate::control::doctor::audit(&args)
+        .await
+        .expect("doctor runs")
 }
 
 /// `(table, rows, without tenant)` from the plan's summary lines.
@@ -405,13 +410,13 @@ async fn an_apply_killed_mid_backfill_resumes_when_run_again() {
 /// (ids 1..100 end at 100, not at '99', the greatest id as text).
 #[tokio::test]
 async fn backfill_batches_are_whole_and_follow_the_key_order() {
-    use rlsgate::policy::backfill::{self, Backfill, BackfillOptions};
-    use rlsgate::policy::db::Database;
-    use rlsgate::policy::sql::QualifiedName;
+    use rlsgate::control::policy::backfill::{self, Backfill, BackfillOptions};
+    use rlsgate::control::policy::db::Database;
+    use rlsgate::control::policy::sql::QualifiedName;
 
     let env = shop().await;
     sql(&env, "ALTER TABLE customers ADD COLUMN tenant_id text");
-    rlsgate::tls::install_default_provider();
+    rlsgate::wire::tls::install_default_provider();
     let db = Database::from_url(&env.pg.superuser_url("app")).unwrap();
     let job = Backfill {
         table: QualifiedName::new("public", "customers"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rlsgate::config::{Config, PoolMode};
-use rlsgate::protocol;
+use rlsgate::wire::protocol;
 
 use crate::harness::{collect, rows, summarize, visible_customers, Env, Raw, RawMessage};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use rlsgate::config::PoolMode;
-use rlsgate::protocol;
+use rlsgate::wire::protocol;
 
 use crate::harness::{collect, rows, summarize, visible_customers, Env, Raw};
 

@@ -1,7 +1,7 @@
 //! Defence in depth: the upstream role check and the sealed tenant context.
 
 use rlsgate::config::PoolMode;
-use rlsgate::server::{Server, ServerError};
+use rlsgate::proxy::server::{Server, ServerError};
 
 use crate::harness::Env;
 

@@ -171,7 +171,7 @@ impl Peer {
         msgs.iter().find(|(t, _)| *t == b'E').map(|(_, body)| {
             let mut msg = vec![b'E', 0, 0, 0, 0];
             msg.extend_from_slice(body);
-            let f = rlsgate::protocol::parse_error_fields(&msg);
+            let f = rlsgate::wire::protocol::parse_error_fields(&msg);
             (f.code, f.message)
         })
     }

@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 
 use rlsgate::config::SslMode;
-use rlsgate::server::Server;
+use rlsgate::proxy::server::Server;
 
 use crate::harness::{db_error, visible_customers, wait_for, Env};
 
@@ -19,7 +19,7 @@ async fn proxy_with(env: &Env, modify: impl FnOnce(&mut rlsgate::config::Config)
 }
 
 struct Env2 {
-    proxy: rlsgate::server::RunningServer,
+    proxy: rlsgate::proxy::server::RunningServer,
 }
 
 async fn connect(env: &Env, proxy: &Env2, tenant: &str) -> tokio_postgres::Client {
@@ -77,7 +77,7 @@ async fn tls_to_postgres_with_sslmode_require() {
     let env = Env::start().await;
     // Give PostgreSQL a certificate (owned by the server's OS user) and turn SSL on.
     let data = env.pg.data_dir().to_path_buf();
-    let (cert, key) = rlsgate::demo::self_signed(&data).unwrap();
+    let (cert, key) = rlsgate::dev::demo::self_signed(&data).unwrap();
     let owner = std::fs::metadata(&data).unwrap();
     for f in [&cert, &key] {
         std::os::unix::fs::chown(f, Some(owner.uid()), Some(owner.gid())).unwrap();

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::auth::jwt::{mint, MintKey, MintOptions};
 use crate::config::Config;
 use crate::logging::{self, LogFormat};
-use crate::server::Server;
+use crate::proxy::server::Server;
 
 #[derive(Parser)]
 #[command(
@@ -50,13 +50,13 @@ enum Command {
     /// Mint a JWT for testing (prints it on stdout).
     Token(Box<TokenArgs>),
     /// Throwaway PostgreSQL + sample multi-tenant schema + the proxy in front of it.
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::dev::demo::DemoArgs),
     /// Take a database to row-level security as a policy file says: plan, apply,
     /// rollback, verify.
-    Policy(crate::policy::PolicyArgs),
+    Policy(crate::control::policy::PolicyArgs),
     /// Audit a live database for the ways tenant isolation silently fails
     /// (exit 0: no errors, 1: errors found, 2: could not run).
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::control::doctor::DoctorArgs),
 }
 
 #[derive(Args)]
@@ -112,10 +112,10 @@ pub fn main() -> ExitCode {
         } => serve(config, allow_unsafe_upstream),
         Command::CheckConfig { config } => check_config(config),
         Command::Token(args) => token(*args),
-        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::demo::run(args))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::dev::demo::run(args))),
         // These report their own errors and choose their exit codes.
-        Command::Policy(args) => return crate::policy::run(args),
-        Command::Doctor(args) => return crate::doctor::run(args),
+        Command::Policy(args) => return crate::control::policy::run(args),
+        Command::Doctor(args) => return crate::control::doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,7 +140,7 @@ fn serve(path: PathBuf, allow_unsafe_upstream: bool) -> anyhow::Result<()> {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::shutdown::wait_for_signal().await;
             tracing::info!("signal received: shutting down");
             trigger.cancel();
         });
@@ -149,20 +149,10 @@ fn serve(path: PathBuf, allow_unsafe_upstream: bool) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    crate::tls::install_default_provider();
-    crate::server::State::new(config)?;
+    crate::wire::tls::install_default_provider();
+    crate::proxy::server::State::new(config)?;
     println!("{}: configuration is valid", path.display());
     Ok(())
 }

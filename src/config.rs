@@ -156,7 +156,7 @@ impl Default for GuardSection {
         Self {
             enabled: true,
             refuse_do_blocks: false,
-            deny_relations: crate::guard::default_deny_relations(),
+            deny_relations: default_deny_relations(),
             allow_set_role: false,
             allow_large_objects: false,
         }
@@ -295,18 +295,8 @@ impl Default for JwtConfig {
     }
 }
 
-/// `[upstream] sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Plaintext to the upstream server.
-    #[default]
-    Disable,
-    /// TLS, certificate not verified.
-    Require,
-    /// TLS, certificate chain and host name verified.
-    VerifyFull,
-}
+/// `[upstream] sslmode` (defined with the TLS code that acts on it).
+pub use crate::wire::tls::SslMode;
 
 /// `[upstream]`: the PostgreSQL server behind the proxy.
 ///
@@ -547,4 +537,16 @@ impl TenantConfig {
         }
         Ok(Some(secret.into_bytes()))
     }
+}
+
+/// `guard.deny_relations` by default: relations that show other tenants' query text
+/// under the shared upstream role.
+pub fn default_deny_relations() -> Vec<String> {
+    [
+        "pg_stat_activity",
+        "pg_stat_statements",
+        "pg_stat_statements_info",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }

@@ -1,33 +1,25 @@
 //! rlsgate: a PostgreSQL wire-protocol proxy that turns a JWT into a tenant-scoped,
 //! pooled database session enforced by row-level security.
+//!
+//! Layers, lowest first (docs/architecture.md, "Layout"): `wire`; `config`; `auth`;
+//! `sql`; `tenant`; `upstream`; `session`; `proxy`; `control`; `dev`; `cli`. `metrics`
+//! and `logging` import nothing of the project.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod auth;
-pub mod backend;
-pub mod backend_calls;
-pub mod cancel;
-pub mod channels;
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod demo;
-pub mod doctor;
-pub mod encoding;
-pub mod error;
-pub mod guard;
-pub mod handshake;
-pub mod inspect;
+pub mod control;
+pub mod dev;
 pub mod logging;
 pub mod metrics;
-pub mod pgtemp;
-pub mod pipeline;
-pub mod policy;
-pub mod pool;
-pub mod prepared;
-pub mod protocol;
-pub mod server;
-pub mod stream;
-pub mod system_views;
+pub mod proxy;
+pub mod session;
+pub mod shutdown;
+pub mod sql;
 pub mod tenant;
-pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+#[cfg(test)]
+mod layout_tests;

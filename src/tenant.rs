@@ -12,7 +12,7 @@ pub use seal::{hmac_hex, SealHandle, Sealer};
 
 use crate::auth::Identity;
 use crate::config::TenantConfig;
-use crate::protocol;
+use crate::wire::protocol;
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -26,7 +26,7 @@ pub enum ContextError {
     Replication,
     #[error("invalid startup options: {0}")]
     BadOptions(String),
-    #[error("client_encoding {0:?} is not allowed through rlsgate (not an encoding PostgreSQL knows, or one whose multi-byte characters can hide quotes from the statement guard, see rlsgate::encoding); use UTF8")]
+    #[error("client_encoding {0:?} is not allowed through rlsgate (not an encoding PostgreSQL knows, or one whose multi-byte characters can hide quotes from the statement guard, see rlsgate::sql::encoding); use UTF8")]
     UnsafeEncoding(String),
 }
 
@@ -384,8 +384,10 @@ fn push_client_setting(
     {
         return Err(ContextError::Protected(name));
     }
-    // One table for every way of naming an encoding (crate::encoding).
-    if name.eq_ignore_ascii_case("client_encoding") && crate::encoding::allowed(&value).is_err() {
+    // One table for every way of naming an encoding (crate::sql::encoding).
+    if name.eq_ignore_ascii_case("client_encoding")
+        && crate::sql::encoding::allowed(&value).is_err()
+    {
         return Err(ContextError::UnsafeEncoding(value));
     }
     settings.push((name, value));

@@ -4,7 +4,7 @@
 //! and its fix, run as a superuser, makes doctor clean again.
 
 use super::{args, assert_findings, cluster};
-use rlsgate::doctor::{audit, Severity};
+use rlsgate::control::doctor::{audit, Severity};
 
 use Severity::{Error, Warning};
 
@@ -107,7 +107,7 @@ async fn app_role_member_of_predefined_roles() {
 
 #[tokio::test]
 async fn sealed_context_missing_and_policies_on_the_bare_setting() {
-    let sealed_sql = rlsgate::policy::sealed::SEALED_SQL;
+    let sealed_sql = rlsgate::control::policy::sealed::SEALED_SQL;
     let pg = tokio::task::spawn_blocking(|| cluster("")).await.unwrap();
     let report = audit(&args(&pg, &["--sealed"])).await.expect("doctor runs");
     assert_findings(

@@ -3,8 +3,8 @@
 //! rollback grants exactly those back. The sealed policies filter rows: a bare
 //! `app.current_tenant` without a proven seal sees nothing and cannot insert.
 
-use rlsgate::policy::hardening::{Kind, TARGETS};
-use rlsgate::server::{RunningServer, Server};
+use rlsgate::control::policy::hardening::{Kind, TARGETS};
+use rlsgate::proxy::server::{RunningServer, Server};
 use tokio_postgres::{Client, NoTls};
 
 use super::{count, ok, shop, sql, SEAL_SECRET};

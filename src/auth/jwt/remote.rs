@@ -96,7 +96,7 @@ impl RemoteJwks {
                 "must not be longer than auth.jwt.jwks_refresh",
             ));
         }
-        let tls = crate::tls::https_client_config()
+        let tls = crate::wire::tls::https_client_config()
             .map_err(|e| JwtSetupError::invalid(KEY, e.to_string()))?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)

@@ -319,7 +319,7 @@ fn jwks_url_must_be_https_or_loopback_http() {
         "http://localhost/jwks.json",
         "http://[::1]:9/jwks.json",
     ] {
-        crate::tls::install_default_provider();
+        crate::wire::tls::install_default_provider();
         let v = JwtVerifier::from_config(&cfg(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
         // Nothing is fetched before the first login.
         assert!(format!("{v:?}").contains("kids: None"), "{v:?}");
