@@ -29,6 +29,7 @@ mod redteam;
 mod redteam2;
 mod redteam3;
 mod redteam4;
+mod redteam5;
 mod restart;
 mod sealed;
 mod security;

@@ -1,0 +1,312 @@
+//! Fifth red-team pass: the tenant-scoped `pg_prepared_statements` / `pg_cursors`
+//! (`system_views.rs`, `rlsgate.*` views in `policies/sealed.sql`) and the keyed server
+//! statement names of transaction pooling.
+//!
+//! Tests named `finding_*` demonstrate a problem and FAIL on the code they were written
+//! against (commit 6f19ce6); the others are attacks that held, kept as regression tests.
+
+use std::time::Duration;
+
+use rlsgate::config::PoolMode;
+use tokio_postgres::Client;
+
+use crate::harness::{db_error, Env};
+use crate::views::{simple_rows, REVOKE_RAW};
+
+async fn env(mode: PoolMode, size: usize, guard: bool) -> Env {
+    let env = Env::with(|c| {
+        c.pool.mode = mode;
+        c.pool.size = size;
+        c.pool.acquire_timeout = Duration::from_secs(5);
+        c.guard.enabled = guard;
+    })
+    .await;
+    env.pg
+        .psql("app", REVOKE_RAW)
+        .expect("revoke the raw views");
+    env
+}
+
+async fn pid(c: &Client) -> String {
+    simple_rows(c, "SELECT pg_backend_pid()::text").await[0][0].clone()
+}
+
+/// Runs `sql` (by simple protocol) on every server of a pool of `size`: `size` clients
+/// of `tenant` each hold a server in an open transaction, so each runs it on its own.
+async fn on_every_server(env: &Env, tenant: &str, size: usize, sql: &str) -> Vec<String> {
+    let mut held = Vec::new();
+    for _ in 0..size {
+        let c = env.connect(tenant).await;
+        c.batch_execute("BEGIN").await.unwrap();
+        held.push(c);
+    }
+    let mut pids = Vec::new();
+    for c in &held {
+        pids.push(pid(c).await);
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {:?}", db_error(&e)));
+    }
+    for c in &held {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), size, "one client per server");
+    pids
+}
+
+/// FINDING (transaction mode): a SQL-level `PREPARE` run as dynamic SQL (`DO ...
+/// EXECUTE 'PREPARE ...'`) is not seen by the pin check (`inspect::session_only` looks
+/// at the top-level parse tree only) and is not dropped by the reset between clients
+/// (`tenant::SWITCH_RESET` deliberately keeps prepared statements). So the statement
+/// stays on the pooled server under the attacker's own, non-`rlsgate_` name, and the
+/// next tenant on that server:
+/// - sees it (name and text, literals included) in `rlsgate.pg_prepared_statements`,
+///   which is documented as "the caller's own backend's statements" / "sees nothing of
+///   others";
+/// - cannot `PREPARE` that name itself (42P05 "already exists"), and an app that treats
+///   42P05 as "already prepared" (a common idempotent-prepare idiom) then `EXECUTE`s the
+///   attacker's SQL inside its own session, under its own tenant (the attacker chooses
+///   the text: it could e.g. `pg_notify` the rows onto the attacker's own suffixed
+///   channel, which rlsgate would deliver to the attacker's listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_dynamic_prepare_survives_for_the_next_tenant() {
+    // Pool of two: `max_pinned` is one, so globex's PREPARE/EXECUTE may pin.
+    let env = env(PoolMode::Transaction, 2, true).await;
+    on_every_server(
+        &env,
+        "acme",
+        2,
+        "DO $$ BEGIN EXECUTE $q$PREPARE acme_planted AS \
+         SELECT 'planted-by-acme'::text AS t, rlsgate.tenant() AS tenant$q$; END $$",
+    )
+    .await;
+
+    let globex = env.connect("globex").await;
+    let mut problems = Vec::new();
+    let listed = simple_rows(
+        &globex,
+        "SELECT name, statement FROM rlsgate.pg_prepared_statements",
+    )
+    .await;
+    if !listed.is_empty() {
+        problems.push(format!(
+            "globex's rlsgate.pg_prepared_statements lists acme's statement: {listed:?}"
+        ));
+    }
+    // The proxy-built list (what `pg_prepared_statements` becomes) is globex's own: empty.
+    let own = simple_rows(&globex, "SELECT name FROM pg_prepared_statements").await;
+    assert!(own.is_empty(), "{own:?}");
+
+    // globex's own statement of that name (it pins globex to the server it is on).
+    match globex
+        .simple_query("PREPARE acme_planted AS SELECT 'globex-own'::text AS t, rlsgate.tenant()")
+        .await
+    {
+        Ok(_) => {}
+        Err(e) => problems.push(format!(
+            "globex cannot PREPARE the name acme left on the server: {:?}",
+            db_error(&e)
+        )),
+    }
+    match globex.simple_query("EXECUTE acme_planted").await {
+        Ok(m) => {
+            let r = crate::harness::rows(&m);
+            if r.iter().any(|r| r[0] == "planted-by-acme") {
+                problems.push(format!(
+                    "globex's EXECUTE ran acme's statement in globex's session: {r:?}"
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("EXECUTE: {:?}", db_error(&e))),
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// FINDING (transaction mode, any tenant): dynamic SQL `DEALLOCATE ALL` drops every
+/// statement the pooled server holds, other tenants' `rlsgate_…` statements included,
+/// behind the proxy's back. A direct `DEALLOCATE ALL` makes the proxy forget the
+/// server's statements (`ServerStatements::forget_all`); through `DO ... EXECUTE` it is
+/// unseen, so the proxy keeps binding the other clients' statements by name and they
+/// fail with 26000 on that server, again on every retry (the proxy never re-prepares
+/// them: its per-server list still says they are there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_dynamic_deallocate_all_breaks_other_tenants_statements() {
+    let env = env(PoolMode::Transaction, 1, true).await;
+    let globex = env.connect("globex").await;
+    let acme = env.connect("acme").await;
+    let st = globex.prepare("SELECT 'globex-stmt'::text").await.unwrap();
+    let first: String = globex.query_one(&st, &[]).await.unwrap().get(0);
+    assert_eq!(first, "globex-stmt");
+    assert_eq!(pid(&acme).await, pid(&globex).await, "one server");
+
+    acme.batch_execute("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+        .await
+        .expect("acme's DO block runs");
+
+    let mut failures = Vec::new();
+    for attempt in 0..3 {
+        if let Err(e) = globex.query_one(&st, &[]).await {
+            failures.push(format!("attempt {attempt}: {:?}", db_error(&e)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "globex's prepared statement was dropped by acme: {failures:#?}"
+    );
+}
+
+/// Held: names and texts built to break out of the proxy-built `VALUES` list (the tag
+/// `$rlsgate$` and its numbered successors, quotes, backslashes with
+/// `standard_conforming_strings` off, a trailing `$`, a long name) come back exactly as
+/// the client prepared them, one row each, and the next tenant on the same server sees
+/// none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_list_quoting_holds() {
+    use crate::harness::Raw;
+    let env = env(PoolMode::Transaction, 1, true).await;
+    let mut raw = Raw::connect(env.port(), "user-acme", &env.token("acme")).await;
+    let names: Vec<String> = vec![
+        "a$rlsgate$b".into(),
+        "$rlsgate1$x$rlsgate$".into(),
+        "q'\"\\".into(),
+        "trail$".into(),
+        format!("long{}", "n".repeat(300)),
+    ];
+    let texts: Vec<String> = vec![
+        "SELECT '$rlsgate$) , (1) --'::text".into(),
+        "SELECT $rlsgate1$x$rlsgate1$::text /* $rlsgate$ */".into(),
+        "SELECT 'a\\'::text".into(),
+        "SELECT 1 -- $rlsgate2".into(),
+        "SELECT 'é€'::text".into(),
+    ];
+    let mut out = bytes::BytesMut::new();
+    for (n, t) in names.iter().zip(&texts) {
+        rlsgate::protocol::put_parse(&mut out, n, t);
+    }
+    rlsgate::protocol::put_sync(&mut out);
+    raw.send(&out).await;
+    let _ = raw.until_ready(1).await;
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SELECT name, statement FROM pg_prepared_statements ORDER BY prepare_time",
+    ] {
+        let mut q = bytes::BytesMut::new();
+        rlsgate::protocol::put_query(&mut q, sql);
+        raw.send(&q).await;
+        let msgs = raw.until_ready(1).await;
+        if sql.starts_with("SELECT") {
+            let mut got = crate::harness::data_rows(&msgs);
+            got.sort();
+            let mut want: Vec<Vec<String>> = names
+                .iter()
+                .zip(&texts)
+                .map(|(n, t)| vec![n.clone(), t.clone()])
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{:?}", crate::harness::summarize(&msgs));
+        }
+    }
+    let globex = env.connect("globex").await;
+    let seen = simple_rows(&globex, "SELECT name FROM pg_prepared_statements").await;
+    assert!(seen.is_empty(), "{seen:?}");
+    let seen = simple_rows(&globex, "SELECT name FROM rlsgate.pg_prepared_statements").await;
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
+/// Held: forms of naming the raw views that the rewrite misses or refuses, in
+/// transaction mode with one shared server, with the guard on and off: each is refused
+/// (by the rewrite, the guard, or the database's revokes) or shows only the client's
+/// own statements; none shows globex's statement text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn around_the_statement_list_nothing_of_globex() {
+    for guard in [true, false] {
+        let env = env(PoolMode::Transaction, 1, guard).await;
+        let globex = env.connect("globex").await;
+        let _secret = globex
+            .prepare("SELECT 'globex-secret-stmt'::text")
+            .await
+            .unwrap();
+        let acme = env.connect("acme").await;
+        for sql in [
+            "SELECT statement FROM app.pg_catalog.pg_prepared_statements",
+            "SELECT statement FROM pg_catalog.pg_prepared_statement()",
+            "SELECT (pg_prepared_statement()).statement",
+            "SELECT statement FROM ONLY pg_prepared_statements",
+            "SELECT statement FROM pg_prepared_statements *",
+            "SELECT statement FROM pg_prepared_statements TABLESAMPLE system (100)",
+            "SELECT query_to_xml('select statement from pg_prepared_statements', true, true, '')::text",
+            "SELECT statement FROM U&\"pg_prepared_statement\\0073\"",
+            "SELECT statement FROM U&\"pg_prepared_statement!0073\" UESCAPE '!'",
+            "SELECT statement FROM rlsgate.pg_prepared_statements",
+            "SELECT statement FROM rlsgate.prepared_statements()",
+            "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT statement FROM pg_prepared_statements",
+            "DO $$ DECLARE r text; BEGIN SELECT string_agg(statement, ',') INTO r FROM pg_catalog.pg_prepared_statements; RAISE EXCEPTION '%', r; END $$",
+            "SELECT statement FROM app.pg_catalog.pg_cursors",
+            "SELECT name FROM pg_cursor()",
+            "BEGIN; DECLARE c CURSOR FOR SELECT statement FROM pg_prepared_statements; FETCH ALL c; COMMIT",
+        ] {
+            let _ = acme.simple_query("ROLLBACK").await;
+            match acme.simple_query(sql).await {
+                Ok(m) => {
+                    let r = crate::harness::rows(&m);
+                    assert!(
+                        !r.iter().flatten().any(|c| c.contains("globex-secret")),
+                        "guard {guard}: {sql}: {r:?}"
+                    );
+                }
+                Err(e) => {
+                    let text = format!("{e:?}");
+                    assert!(!text.contains("globex-secret"), "guard {guard}: {sql}: {text}");
+                }
+            }
+        }
+        let _ = acme.simple_query("ROLLBACK").await;
+        for sql in [
+            "COPY (SELECT statement FROM pg_prepared_statements) TO STDOUT",
+            "COPY (SELECT statement FROM rlsgate.pg_prepared_statements) TO STDOUT",
+        ] {
+            use futures::StreamExt;
+            let mut copied = Vec::new();
+            if let Ok(s) = acme.copy_out(sql).await {
+                futures::pin_mut!(s);
+                while let Some(Ok(b)) = s.next().await {
+                    copied.extend_from_slice(&b);
+                }
+            }
+            let copied = String::from_utf8_lossy(&copied);
+            assert!(
+                !copied.contains("globex-secret"),
+                "guard {guard}: {sql}: {copied}"
+            );
+        }
+    }
+}
+
+/// Held: a `WITH HOLD` cursor opened by dynamic SQL (unseen by the pin check) does not
+/// reach the next tenant on the same server: the DO block marks the server dirty and
+/// the reset before the next client closes every cursor (`CLOSE ALL`), so globex's
+/// `pg_cursors` (`rlsgate.pg_cursors`) is empty and the name is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_held_cursor_does_not_reach_the_next_tenant() {
+    let env = env(PoolMode::Transaction, 1, true).await;
+    let acme = env.connect("acme").await;
+    acme.batch_execute(
+        "DO $$ BEGIN EXECUTE $q$DECLARE acme_held CURSOR WITH HOLD FOR \
+         SELECT 'acme-held'::text$q$; END $$",
+    )
+    .await
+    .unwrap();
+    let globex = env.connect("globex").await;
+    assert_eq!(pid(&acme).await, pid(&globex).await, "one server");
+    let seen = simple_rows(&globex, "SELECT name, statement FROM pg_cursors").await;
+    assert!(seen.is_empty(), "{seen:?}");
+    let e = globex
+        .simple_query("BEGIN; FETCH ALL acme_held")
+        .await
+        .err()
+        .expect("acme's cursor is gone");
+    assert_eq!(db_error(&e).0, "34000");
+    globex.batch_execute("ROLLBACK").await.unwrap();
+}
