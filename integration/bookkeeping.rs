@@ -139,9 +139,15 @@ async fn statements_of_other_clients_are_out_of_reach() {
     query(&mut b, "SELECT name FROM pg_prepared_statements");
     attacker.send(&b).await;
     let own = data_rows(&attacker.until_ready(1).await);
-    assert!(own.is_empty(), "the view lists the attacker's own statements only: {own:?}");
+    assert!(
+        own.is_empty(),
+        "the view lists the attacker's own statements only: {own:?}"
+    );
     let mut b = BytesMut::new();
-    query(&mut b, "SELECT name FROM pg_catalog.pg_prepared_statement()");
+    query(
+        &mut b,
+        "SELECT name FROM pg_catalog.pg_prepared_statement()",
+    );
     attacker.send(&b).await;
     let names: Vec<String> = data_rows(&attacker.until_ready(1).await)
         .into_iter()

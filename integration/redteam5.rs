@@ -2,8 +2,10 @@
 //! (`system_views.rs`, `rlsgate.*` views in `policies/sealed.sql`) and the keyed server
 //! statement names of transaction pooling.
 //!
-//! Tests named `finding_*` demonstrate a problem and FAIL on the code they were written
-//! against (commit 6f19ce6); the others are attacks that held, kept as regression tests.
+//! The two findings (tests `dynamic_prepare_*` and `dynamic_deallocate_*`) failed on
+//! commit 6f19ce6 and are fixed: at the release of a dirty server the proxy counts its
+//! prepared statements (`session/link.rs`, `check_statements`; `tenant::STATEMENT_COUNTS*`).
+//! The others are attacks that held, kept as regression tests.
 
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ async fn on_every_server(env: &Env, tenant: &str, size: usize, sql: &str) -> Vec
     pids
 }
 
-/// FINDING (transaction mode): a SQL-level `PREPARE` run as dynamic SQL (`DO ...
+/// Finding 1, fixed (transaction mode): a SQL-level `PREPARE` run as dynamic SQL (`DO ...
 /// EXECUTE 'PREPARE ...'`) is not seen by the pin check (`inspect::session_only` looks
 /// at the top-level parse tree only) and is not dropped by the reset between clients
 /// (`tenant::SWITCH_RESET` deliberately keeps prepared statements). So the statement
@@ -71,7 +73,7 @@ async fn on_every_server(env: &Env, tenant: &str, size: usize, sql: &str) -> Vec
 ///   the text: it could e.g. `pg_notify` the rows onto the attacker's own suffixed
 ///   channel, which rlsgate would deliver to the attacker's listener).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_dynamic_prepare_survives_for_the_next_tenant() {
+async fn dynamic_prepare_does_not_survive_for_the_next_tenant() {
     // Pool of two: `max_pinned` is one, so globex's PREPARE/EXECUTE may pin.
     let env = env(PoolMode::Transaction, 2, true).await;
     on_every_server(
@@ -124,7 +126,7 @@ async fn finding_dynamic_prepare_survives_for_the_next_tenant() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// FINDING (transaction mode, any tenant): dynamic SQL `DEALLOCATE ALL` drops every
+/// Finding 2, fixed (transaction mode, any tenant): dynamic SQL `DEALLOCATE ALL` drops every
 /// statement the pooled server holds, other tenants' `rlsgate_…` statements included,
 /// behind the proxy's back. A direct `DEALLOCATE ALL` makes the proxy forget the
 /// server's statements (`ServerStatements::forget_all`); through `DO ... EXECUTE` it is
@@ -132,7 +134,7 @@ async fn finding_dynamic_prepare_survives_for_the_next_tenant() {
 /// fail with 26000 on that server, again on every retry (the proxy never re-prepares
 /// them: its per-server list still says they are there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_dynamic_deallocate_all_breaks_other_tenants_statements() {
+async fn dynamic_deallocate_all_does_not_break_other_tenants_statements() {
     let env = env(PoolMode::Transaction, 1, true).await;
     let globex = env.connect("globex").await;
     let acme = env.connect("acme").await;
@@ -183,9 +185,9 @@ async fn statement_list_quoting_holds() {
     ];
     let mut out = bytes::BytesMut::new();
     for (n, t) in names.iter().zip(&texts) {
-        rlsgate::protocol::put_parse(&mut out, n, t);
+        rlsgate::wire::protocol::put_parse(&mut out, n, t);
     }
-    rlsgate::protocol::put_sync(&mut out);
+    rlsgate::wire::protocol::put_sync(&mut out);
     raw.send(&out).await;
     let _ = raw.until_ready(1).await;
     for sql in [
@@ -193,7 +195,7 @@ async fn statement_list_quoting_holds() {
         "SELECT name, statement FROM pg_prepared_statements ORDER BY prepare_time",
     ] {
         let mut q = bytes::BytesMut::new();
-        rlsgate::protocol::put_query(&mut q, sql);
+        rlsgate::wire::protocol::put_query(&mut q, sql);
         raw.send(&q).await;
         let msgs = raw.until_ready(1).await;
         if sql.starts_with("SELECT") {
@@ -309,4 +311,124 @@ async fn dynamic_held_cursor_does_not_reach_the_next_tenant() {
         .expect("acme's cursor is gone");
     assert_eq!(db_error(&e).0, "34000");
     globex.batch_execute("ROLLBACK").await.unwrap();
+}
+
+/// The fix, varied: with pinning (the client that made a statement by dynamic SQL keeps
+/// its server, and its statement, as directly), without pinning (the server is
+/// discarded), unsealed (the raw view is read), and unsealed with the raw view revoked
+/// (the counts are unreadable: every statement is deallocated). In every case the next
+/// tenant on the server sees none of it, can prepare the same name, and its own
+/// protocol-level statements keep working, also after a dynamic `DEALLOCATE ALL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_prepare_and_deallocate_in_every_configuration() {
+    use rlsgate::config::SessionFeatures;
+    struct Case {
+        name: &'static str,
+        sealed: bool,
+        pin: bool,
+        revoke: bool,
+    }
+    let cases = [
+        Case {
+            name: "sealed, pin",
+            sealed: true,
+            pin: true,
+            revoke: true,
+        },
+        Case {
+            name: "sealed, refuse",
+            sealed: true,
+            pin: false,
+            revoke: true,
+        },
+        Case {
+            name: "unsealed",
+            sealed: false,
+            pin: true,
+            revoke: false,
+        },
+        Case {
+            name: "unsealed, revoked",
+            sealed: false,
+            pin: true,
+            revoke: true,
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let env = Env::with(|c| {
+            c.pool.mode = PoolMode::Transaction;
+            c.pool.size = 2;
+            c.pool.acquire_timeout = Duration::from_secs(5);
+            if !case.pin {
+                c.pool.session_features = SessionFeatures::Refuse;
+            }
+            if !case.sealed {
+                c.tenant.sealed = Some(false);
+            }
+        })
+        .await;
+        if case.revoke {
+            env.pg
+                .psql("app", REVOKE_RAW)
+                .expect("revoke the raw views");
+        }
+        let globex = env.connect("globex").await;
+        let own = globex
+            .prepare("SELECT 'globex-own-stmt'::text")
+            .await
+            .unwrap();
+        let acme = env.connect("acme").await;
+        acme.batch_execute(
+            "DO $$ BEGIN EXECUTE $q$PREPARE planted AS SELECT 'planted-by-acme'::text$q$; END $$",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {:?}", db_error(&e)));
+        let acme_pid = pid(&acme).await;
+        // Unreadable counts (unsealed, raw view revoked): everything was deallocated.
+        let kept = case.pin && (case.sealed || !case.revoke);
+        if kept {
+            // acme keeps its server and its statement, as it would directly.
+            let got = match acme.simple_query("EXECUTE planted").await {
+                Ok(m) => crate::harness::rows(&m),
+                Err(e) => panic!("{name}: EXECUTE: {:?}", db_error(&e)),
+            };
+            assert_eq!(got, vec![vec!["planted-by-acme".to_owned()]], "{name}");
+            assert_eq!(pid(&acme).await, acme_pid, "{name}: acme is pinned");
+        }
+        // Every server globex can get: the statement is not there.
+        for _ in 0..2 {
+            globex.batch_execute("BEGIN").await.unwrap();
+            let here = pid(&globex).await;
+            assert!(
+                !(kept && here == acme_pid),
+                "{name}: globex got acme's pinned server"
+            );
+            // Refused (EXECUTE would pin, and acme holds the one pin) or, where globex
+            // may pin, absent on its server.
+            let e = globex.simple_query("EXECUTE planted").await.unwrap_err();
+            let code = db_error(&e).0;
+            assert!(
+                ["0A000", "26000"].contains(&code.as_str()),
+                "{name}: {code}"
+            );
+            globex.batch_execute("ROLLBACK").await.unwrap();
+            let got: String = globex.query_one(&own, &[]).await.unwrap().get(0);
+            assert_eq!(got, "globex-own-stmt", "{name}");
+        }
+        // A dynamic DEALLOCATE ALL by acme (on its server, pinned or not) leaves globex's
+        // statement working wherever globex runs next.
+        acme.batch_execute("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+            .await
+            .unwrap();
+        drop(acme);
+        for attempt in 0..4 {
+            let got: String = globex
+                .query_one(&own, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{name}: attempt {attempt}: {:?}", db_error(&e)))
+                .get(0);
+            assert_eq!(got, "globex-own-stmt", "{name}");
+        }
+    }
 }

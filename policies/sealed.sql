@@ -225,7 +225,7 @@ DROP VIEW IF EXISTS rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_
     rlsgate.pg_stat_gssapi, rlsgate.pg_prepared_statements, rlsgate.pg_cursors;
 DROP FUNCTION IF EXISTS rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
     rlsgate.stat_gssapi(), rlsgate.tenant_backends(), rlsgate.prepared_statements(),
-    rlsgate.cursors();
+    rlsgate.cursors(), rlsgate.statement_counts();
 
 CREATE OR REPLACE FUNCTION rlsgate.fresh_status() RETURNS pg_catalog.pg_stat_activity[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -313,6 +313,14 @@ CREATE OR REPLACE FUNCTION rlsgate.cursors() RETURNS SETOF pg_catalog.pg_cursors
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT * FROM pg_catalog.pg_cursors
 $$;
+-- How many SQL-level and protocol-level prepared statements the caller's backend holds:
+-- rlsgate reads it when it releases a pooled server after a transaction that ran code
+-- it cannot see into (dynamic SQL can PREPARE or DEALLOCATE ALL unseen).
+CREATE OR REPLACE FUNCTION rlsgate.statement_counts(OUT from_sql bigint, OUT protocol bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FILTER (WHERE p.from_sql), count(*) FILTER (WHERE NOT p.from_sql)
+    FROM pg_catalog.pg_prepared_statements p
+$$;
 CREATE VIEW rlsgate.pg_prepared_statements AS SELECT * FROM rlsgate.prepared_statements();
 CREATE VIEW rlsgate.pg_cursors AS SELECT * FROM rlsgate.cursors();
 CREATE VIEW rlsgate.pg_stat_activity AS SELECT * FROM rlsgate.stat_activity();
@@ -322,9 +330,11 @@ CREATE VIEW rlsgate.pg_stat_gssapi AS SELECT * FROM rlsgate.stat_gssapi();
 REVOKE ALL ON FUNCTION rlsgate.fresh_status(),
     rlsgate.tenant_pids(pg_catalog.pg_stat_activity[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
-    rlsgate.stat_gssapi(), rlsgate.prepared_statements(), rlsgate.cursors() FROM PUBLIC;
+    rlsgate.stat_gssapi(), rlsgate.prepared_statements(), rlsgate.cursors(),
+    rlsgate.statement_counts() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rlsgate.stat_activity(), rlsgate.locks(), rlsgate.stat_ssl(),
-    rlsgate.stat_gssapi(), rlsgate.prepared_statements(), rlsgate.cursors() TO PUBLIC;
+    rlsgate.stat_gssapi(), rlsgate.prepared_statements(), rlsgate.cursors(),
+    rlsgate.statement_counts() TO PUBLIC;
 REVOKE ALL ON rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,
     rlsgate.pg_stat_gssapi, rlsgate.pg_prepared_statements, rlsgate.pg_cursors FROM PUBLIC;
 GRANT SELECT ON rlsgate.pg_stat_activity, rlsgate.pg_locks, rlsgate.pg_stat_ssl,

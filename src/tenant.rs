@@ -97,6 +97,19 @@ pub const SESSION_SETTINGS: &str =
     "SELECT name, pg_catalog.encode(pg_catalog.convert_to(setting, 'UTF8'), 'hex') \
     FROM pg_catalog.pg_settings WHERE source = 'session'";
 
+/// The prepared statements a server holds, as (SQL-level, protocol-level) counts, read at
+/// the release of a dirty server (transaction mode): dynamic SQL (`EXECUTE 'PREPARE
+/// ...'` or `'DEALLOCATE ALL'` in a DO block or function) changes them unseen. Sealed:
+/// through `rlsgate.statement_counts()` (policies/sealed.sql), since `policy apply`
+/// revokes the raw view from the app role. Every name is qualified: the query runs
+/// under the client's search_path.
+pub const STATEMENT_COUNTS_SEALED: &str =
+    "SELECT from_sql::text, protocol::text FROM rlsgate.statement_counts()";
+/// [`STATEMENT_COUNTS_SEALED`] without the sealed context's functions.
+pub const STATEMENT_COUNTS: &str = "SELECT pg_catalog.count(*) FILTER (WHERE from_sql)::text, \
+    pg_catalog.count(*) FILTER (WHERE NOT from_sql)::text \
+    FROM pg_catalog.pg_prepared_statements";
+
 /// Sent before a session runs on a clean server holding other client settings.
 pub const SETTINGS_RESET: &str = "RESET ALL";
 

@@ -146,12 +146,21 @@ impl Session<'_> {
                 // It ran something that may have changed session settings (a SET in a
                 // transaction, `set_config`, a function): the session holds what the
                 // server now reports, on whichever server its next transaction runs.
+                // Its prepared statements are counted in the same round trip.
                 let sql = self.settings.snapshot_sql();
-                let mut rows = obj.query_rows(&sql).await;
-                if rows.is_err() && !obj.broken {
+                let counts = match self.ctx.seal {
+                    Some(_) => crate::tenant::STATEMENT_COUNTS_SEALED,
+                    None => crate::tenant::STATEMENT_COUNTS,
+                };
+                let mut read = obj.query_rows_pair(&sql, counts).await;
+                if read.as_ref().is_ok_and(|(rows, _)| rows.is_err()) && !obj.broken {
                     // A cancel the client sent just before the release may have hit it.
-                    rows = obj.query_rows(&sql).await;
+                    read = obj.query_rows_pair(&sql, counts).await;
                 }
+                let (rows, counts) = match read {
+                    Ok(pair) => pair,
+                    Err(e) => (Err(e), Ok(Vec::new())),
+                };
                 match rows {
                     Ok(rows) => self.ctx.adopt_session_settings(&self.state.owned, &rows),
                     Err(e) => {
@@ -163,12 +172,66 @@ impl Session<'_> {
                         return Err(ClientError::ContextFailed(why));
                     }
                 }
+                match self.check_statements(&mut obj, counts).await {
+                    Held::Release => {}
+                    Held::Pinned => {
+                        obj.context = Some(self.ctx.fingerprint());
+                        self.server = Some(obj);
+                        return Ok(());
+                    }
+                    Held::Discard(why) => {
+                        self.state.pool.discard(obj, why).await;
+                        return Ok(());
+                    }
+                }
             }
             // The server now holds the client's context including any SET it just ran.
             obj.context = Some(self.ctx.fingerprint());
             self.state.pool.release(obj);
         }
         Ok(())
+    }
+
+    /// A dirty server's prepared statements against what rlsgate made there. SQL-level
+    /// ones were made by dynamic SQL (a top-level `PREPARE` pins): they are the client's
+    /// session state, so the client keeps the server (pinned, as for `PREPARE`) or, where
+    /// it cannot pin, the server is discarded; never handed to another client. Fewer
+    /// protocol-level ones than rlsgate prepared (a dynamic `DEALLOCATE ALL`): what the
+    /// server holds is no longer known (every Parse is preceded by a Close). Unreadable
+    /// counts: all are deallocated.
+    async fn check_statements(
+        &mut self,
+        obj: &mut crate::upstream::conn::ServerConn,
+        counts: Result<Vec<Vec<Option<String>>>, crate::upstream::conn::BackendError>,
+    ) -> Held {
+        let parsed = counts.ok().and_then(|rows| {
+            let row = rows.first()?;
+            let n = |i: usize| row.get(i)?.as_deref()?.parse::<usize>().ok();
+            Some((n(0)?, n(1)?))
+        });
+        let Some((from_sql, protocol)) = parsed else {
+            if obj.broken || obj.simple_query("DEALLOCATE ALL").await.is_err() {
+                return Held::Discard("prepared statements unreadable");
+            }
+            obj.statements.clear();
+            return Held::Release;
+        };
+        if from_sql > 0 {
+            return match self.pin("SQL-level PREPARE (in dynamic SQL)") {
+                Ok(()) => Held::Pinned,
+                Err(_) => {
+                    tracing::warn!(
+                        "a transaction left SQL-level prepared statements (dynamic SQL) on \
+                         its server, and the client cannot be pinned: server discarded"
+                    );
+                    Held::Discard("SQL-level prepared statements from dynamic SQL")
+                }
+            };
+        }
+        if protocol != obj.statements.len() {
+            obj.statements.forget_all();
+        }
+        Held::Release
     }
 
     /// True when nothing is in flight between client and server.
@@ -183,4 +246,12 @@ impl Session<'_> {
             && self.to_server.is_empty()
             && self.server.as_ref().is_none_or(|s| s.rbuf.is_empty())
     }
+}
+
+/// What becomes of a dirty server after its prepared statements were checked.
+enum Held {
+    Release,
+    /// The client keeps it for the rest of its session.
+    Pinned,
+    Discard(&'static str),
 }

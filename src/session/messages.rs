@@ -434,7 +434,7 @@ impl Session<'_> {
     /// Transaction mode: `feature` needs one server for the rest of the session. With
     /// `session_features = "pin"` and a free pin slot the client keeps its server until
     /// it disconnects (the server is then closed); otherwise the refusal message.
-    fn pin(&mut self, feature: &'static str) -> Result<(), String> {
+    pub(super) fn pin(&mut self, feature: &'static str) -> Result<(), String> {
         if self.pinned.is_some() {
             return Ok(());
         }

@@ -354,6 +354,59 @@ impl ServerConn {
         }
     }
 
+    /// Runs two simple queries in one write (one round trip); each has its own result.
+    #[allow(clippy::type_complexity)]
+    pub async fn query_rows_pair(
+        &mut self,
+        first: &str,
+        second: &str,
+    ) -> Result<
+        (
+            Result<Vec<Vec<Option<String>>>, BackendError>,
+            Result<Vec<Vec<Option<String>>>, BackendError>,
+        ),
+        BackendError,
+    > {
+        let mut buf = BytesMut::new();
+        protocol::put_query(&mut buf, first);
+        protocol::put_query(&mut buf, second);
+        if let Err(e) = self.stream.write_all(&buf).await {
+            self.broken = true;
+            return Err(e.into());
+        }
+        let a = self.read_rows().await?;
+        let b = self.read_rows().await?;
+        Ok((a, b))
+    }
+
+    /// Reads one simple query's result up to its ReadyForQuery: the rows, or the error.
+    async fn read_rows(
+        &mut self,
+    ) -> Result<Result<Vec<Vec<Option<String>>>, BackendError>, BackendError> {
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let (tag, msg) = self.next_message().await?;
+            match tag {
+                b'D' => rows.push(parse_data_row(&msg)),
+                protocol::backend::ERROR_RESPONSE => {
+                    error = Some(protocol::parse_error_fields(&msg))
+                }
+                protocol::backend::READY_FOR_QUERY => {
+                    self.tx = TxStatus::from_byte(msg.get(5).copied().unwrap_or(0))
+                        .ok_or_else(|| proto_msg("bad ReadyForQuery"))?;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.last_used = Instant::now();
+        Ok(match error {
+            Some(e) => Err(BackendError::Server(e)),
+            None => Ok(rows),
+        })
+    }
+
     /// Runs one simple query and waits for its ReadyForQuery.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), BackendError> {
         let mut buf = BytesMut::new();

@@ -55,6 +55,15 @@ impl ServerStatements {
         self.uncertain = true;
     }
 
+    /// How many statements it is known to hold.
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+
     pub fn uncertain(&self) -> bool {
         self.uncertain
     }

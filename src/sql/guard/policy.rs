@@ -13,7 +13,7 @@ pub(super) const ROLE_SETTINGS: [&str; 2] = ["role", "session_authorization"];
 /// the shared upstream role (so another tenant's backend pid), cancelling or ending
 /// another backend (every backend runs as the same role, so PostgreSQL allows it).
 /// (Transaction mode also denies `pg_prepared_statement(s)`, see `server::State::new`.)
-pub(crate) const DENIED_FUNCTIONS: [&str; 7] = [
+pub(crate) const DENIED_FUNCTIONS: [&str; 8] = [
     "pg_stat_get_activity",
     "pg_stat_get_backend_activity",
     "pg_stat_get_backend_idset",
@@ -21,6 +21,8 @@ pub(crate) const DENIED_FUNCTIONS: [&str; 7] = [
     "pg_cancel_backend",
     "pg_terminate_backend",
     "pg_stat_get_backend_activity_start",
+    // rlsgate's own count of a pooled server's statements (policies/sealed.sql).
+    "statement_counts",
 ];
 
 /// What a text heuristic found.
