@@ -432,3 +432,62 @@ async fn dynamic_prepare_and_deallocate_in_every_configuration() {
         }
     }
 }
+
+/// Found by the same pass: built-ins that run SQL given as text (`query_to_xml` and its
+/// siblings, `ts_stat`, `ts_rewrite`) or read a relation or schema named by text
+/// (`table_to_xml`, `schema_to_xml`) were not read by the guard, so their text could
+/// change the bare tenant setting (unsealed: a tenant switch) or read the raw session
+/// views where the database does not revoke them. Now their constant text is checked as
+/// SQL and a computed one is refused; reads of the client's own tables still work and
+/// show its own rows. Both modes, sealed and not; the next tenant is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_text_builtins_cannot_change_or_read_what_the_guard_denies() {
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        for sealed in [true, false] {
+            let env = Env::with(|c| {
+                c.pool.mode = mode;
+                c.pool.size = 1;
+                c.pool.acquire_timeout = Duration::from_secs(5);
+                c.tenant.sealed = Some(sealed);
+            })
+            .await;
+            let acme = env.connect("acme").await;
+            let _own = acme.prepare("SELECT 'acme-own-stmt'").await.unwrap();
+            for sql in [
+                "SELECT query_to_xml('SELECT set_config(''app.current_tenant'', ''globex'', false)', true, false, '')",
+                "SELECT * FROM ts_stat('SELECT set_config(''app.current_tenant'', ''globex'', false)::tsvector')",
+                "SELECT query_to_xml(pg_catalog.chr(83) || 'ELECT 1', true, false, '')",
+                "SELECT query_to_xml('SELECT * FROM pg_stat_activity', true, false, '')",
+                "SELECT table_to_xml('pg_catalog.pg_stat_activity', true, false, '')",
+                "SELECT schema_to_xml('pg_catalog', true, false, '')",
+            ] {
+                let e = acme
+                    .simple_query(sql)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| panic!("{mode:?} sealed {sealed}: {sql} ran"));
+                assert_eq!(db_error(&e).0, "42501", "{mode:?} sealed {sealed}: {sql}");
+            }
+            let tenant = simple_rows(&acme, "SELECT current_setting('app.current_tenant')").await;
+            assert_eq!(tenant[0][0], "acme", "{mode:?} sealed {sealed}");
+            // A legitimate use: the client's own rows, through RLS.
+            let xml = simple_rows(
+                &acme,
+                "SELECT query_to_xml('SELECT tenant_id FROM customers', true, false, '')::text",
+            )
+            .await;
+            if sealed {
+                assert!(xml[0][0].contains("acme"), "{mode:?}: {xml:?}");
+            }
+            assert!(
+                !xml[0][0].contains("globex"),
+                "{mode:?} sealed {sealed}: {xml:?}"
+            );
+            // The next tenant on the same server holds its own context.
+            drop(acme);
+            let globex = env.connect("globex").await;
+            let tenant = simple_rows(&globex, "SELECT current_setting('app.current_tenant')").await;
+            assert_eq!(tenant[0][0], "globex", "{mode:?} sealed {sealed}");
+        }
+    }
+}

@@ -117,6 +117,38 @@ pub enum Rule {
     LargeObject,
 }
 
+/// What a built-in that takes SQL or a name as text reaches (see [`sql_text_function`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Runs the query text in argument `n` (0-based).
+    Query(usize),
+    /// Reads the relation named by its first argument (`regclass`).
+    Relation,
+    /// Reads every table and view of the schema named by its first argument.
+    Schema,
+}
+
+/// Built-ins of `pg_catalog` that run SQL given as text or read what a text names, by
+/// lower-case name and argument count: the guard checks that text as it checks SQL
+/// (`database_to_xml*` leaves out `pg_*` and `information_schema` by itself,
+/// `cursor_to_xml` reads a cursor the client declared).
+pub fn sql_text_function(name: &str, args: usize) -> Option<Reach> {
+    match name {
+        "query_to_xml" | "query_to_xmlschema" | "query_to_xml_and_xmlschema" | "ts_stat" => {
+            Some(Reach::Query(0))
+        }
+        // ts_rewrite(tsquery, text): the second argument is a SELECT.
+        "ts_rewrite" if args == 2 => Some(Reach::Query(1)),
+        "table_to_xml" | "table_to_xmlschema" | "table_to_xml_and_xmlschema" => {
+            Some(Reach::Relation)
+        }
+        "schema_to_xml" | "schema_to_xmlschema" | "schema_to_xml_and_xmlschema" => {
+            Some(Reach::Schema)
+        }
+        _ => None,
+    }
+}
+
 /// The server-side large-object functions of `pg_catalog` (lower case).
 pub const LARGE_OBJECT_FUNCTIONS: [&str; 18] = [
     "lo_open",

@@ -93,6 +93,10 @@ const TRIGGERS: &[&str] = &[
     "prepare",
     "execute",
     "pg_stat",
+    // Built-ins that run SQL given as text or read what a text names (`guard`).
+    "_to_xml",
+    "ts_stat",
+    "ts_rewrite",
     "u&",
     "\\",
 ];

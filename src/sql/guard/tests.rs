@@ -505,3 +505,40 @@ fn timing() {
         corpus.len()
     );
 }
+
+/// Built-ins that run SQL given as text (or read a relation or schema named by text) are
+/// checked as the SQL they run: their text cannot change an owned setting or read what
+/// the guard denies, and a computed text cannot be verified.
+#[test]
+fn sql_given_as_text_to_builtins_is_checked() {
+    let g = guard();
+    for sql in [
+        "SELECT query_to_xml('SELECT set_config(''app.current_tenant'', ''b'', false)', true, false, '')",
+        "SELECT pg_catalog.query_to_xmlschema('SELECT set_config(''app.current_tenant'', ''b'', false)', true, false, '')",
+        "SELECT query_to_xml_and_xmlschema('SELECT 1; SET app.current_tenant = ''b''', true, false, '')",
+        "SELECT * FROM ts_stat('SELECT set_config(''app.current_tenant'', ''b'', false)::tsvector')",
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT set_config(''app.current_tenant'', ''b'', false)::tsquery, ''b''::tsquery')",
+        "SELECT query_to_xml('SELECT * FROM pg_stat_activity', true, false, '')",
+        "SELECT query_to_xml(convert_from(decode('00', 'hex'), 'UTF8'), true, false, '')",
+        "SELECT query_to_xml(VARIADIC ARRAY['SELECT 1'])",
+        "SELECT table_to_xml('pg_catalog.pg_stat_activity', true, false, '')",
+        "SELECT table_to_xml('\"pg_prepared_statements\"'::regclass, true, false, '')",
+        "SELECT table_to_xml(12345, true, false, '')",
+        "SELECT table_to_xmlschema('pg_locks', true, false, '')",
+        "SELECT schema_to_xml('pg_catalog', true, false, '')",
+        "SELECT schema_to_xml_and_xmlschema('information_schema', true, false, '')",
+        "SELECT schema_to_xml('rlsgate', true, false, '')",
+        "SELECT U&\"query_to_xml\"('SELECT set_config(''app.current_tenant'', ''b'', false)', true, false, '')",
+    ] {
+        assert!(rule_of(&g, sql).is_some(), "allowed: {sql}");
+    }
+    for sql in [
+        "SELECT query_to_xml('SELECT * FROM orders', true, false, '')",
+        "SELECT table_to_xml('public.orders', true, false, '')",
+        "SELECT schema_to_xml('public', true, false, '')",
+        "SELECT * FROM ts_stat('SELECT body_tsv FROM documents')",
+        "SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
+    ] {
+        assert_eq!(rule_of(&g, sql), None, "refused: {sql}");
+    }
+}

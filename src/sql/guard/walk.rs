@@ -282,11 +282,14 @@ impl<'p> Walker<'p> {
                 ),
             ));
         }
+        let args = map.get("args").and_then(Value::as_array);
+        let variadic = map.get("func_variadic").and_then(Value::as_bool) == Some(true);
+        if let Some(reach) = super::sql_text_function(&lower, args.map_or(0, Vec::len)) {
+            return self.sql_text_call(&name, reach, args, variadic);
+        }
         if name != "set_config" {
             return Ok(());
         }
-        let args = map.get("args").and_then(Value::as_array);
-        let variadic = map.get("func_variadic").and_then(Value::as_bool) == Some(true);
         let first = args.and_then(|a| a.first()).map(classify);
         match first {
             Some(Arg::Text(setting)) if !variadic => {
@@ -297,6 +300,65 @@ impl<'p> Walker<'p> {
                 Rule::DynamicSetConfig,
                 "set_config with a setting name that is not a constant cannot be verified",
             )),
+        }
+    }
+
+    /// A built-in that runs SQL it is given as text (`query_to_xml`, `ts_stat`, ...) or
+    /// reads a relation or schema it is given by name (`table_to_xml`, `schema_to_xml`):
+    /// a constant is checked as the statement it runs (so the guard and the rewrites'
+    /// refusals apply: the rewrite of session views does not reach into the text); a
+    /// computed argument cannot be verified.
+    fn sql_text_call(
+        &mut self,
+        name: &str,
+        reach: super::Reach,
+        args: Option<&Vec<Value>>,
+        variadic: bool,
+    ) -> Result<(), Finding> {
+        let (index, what) = match reach {
+            super::Reach::Query(i) => (i, "query"),
+            super::Reach::Relation => (0, "relation"),
+            super::Reach::Schema => (0, "schema"),
+        };
+        let arg = args.and_then(|a| a.get(index)).map(classify);
+        let Some(Arg::Text(text)) = arg.filter(|_| !variadic) else {
+            return Err(self.refuse(
+                Rule::DynamicSetConfig,
+                format!("{name} with a {what} that is not a constant cannot be verified"),
+            ));
+        };
+        match reach {
+            super::Reach::Query(_) => self.deeper(|w| w.check_text(&text, 0)),
+            super::Reach::Relation => {
+                let relname = text
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_matches('"')
+                    .to_lowercase();
+                let scoped = crate::sql::system_views::SCOPED.contains(&relname.as_str());
+                if scoped || self.policy.is_denied_relation(&relname) {
+                    return Err(self.refuse(
+                        Rule::DeniedRelation,
+                        format!("reading {relname} through {name} is not allowed"),
+                    ));
+                }
+                Ok(())
+            }
+            super::Reach::Schema => {
+                let schema = text.trim().trim_matches('"').to_lowercase();
+                let system = schema.starts_with("pg_")
+                    || schema == "information_schema"
+                    || schema == "rlsgate";
+                if system {
+                    return Err(self.refuse(
+                        Rule::DeniedRelation,
+                        format!("reading schema {schema} through {name} is not allowed"),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
