@@ -50,6 +50,7 @@ enum Command {
     /// Mint a JWT for testing (prints it on stdout).
     Token(Box<TokenArgs>),
     /// Throwaway PostgreSQL + sample multi-tenant schema + the proxy in front of it.
+    #[cfg(feature = "dev")]
     Demo(crate::dev::demo::DemoArgs),
     /// Take a database to row-level security as a policy file says: plan, apply,
     /// rollback, verify.
@@ -112,6 +113,7 @@ pub fn main() -> ExitCode {
         } => serve(config, allow_unsafe_upstream),
         Command::CheckConfig { config } => check_config(config),
         Command::Token(args) => token(*args),
+        #[cfg(feature = "dev")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(crate::dev::demo::run(args))),
         // These report their own errors and choose their exit codes.
         Command::Policy(args) => return crate::control::policy::run(args),

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod logging;
 pub mod metrics;
