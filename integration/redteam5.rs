@@ -491,3 +491,4 @@ async fn sql_text_builtins_cannot_change_or_read_what_the_guard_denies() {
         }
     }
 }
+
