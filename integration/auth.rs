@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use rlsgate::auth::jwt::{mint, MintKey};
 
-use crate::harness::{db_error, wait_for, Env};
+use crate::harness::{db_error, scalar, wait_for, Env};
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
@@ -119,11 +119,7 @@ async fn bad_tokens_get_28p01_with_reason_and_touch_no_upstream() {
     .await;
     // A good token still works afterwards.
     let ok = env.connect("acme").await;
-    let n: i64 = ok
-        .query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&ok, "SELECT count(*) FROM customers").await;
     assert_eq!(n, 3);
 }
 
@@ -152,11 +148,7 @@ async fn issuer_audience_and_rs256_with_public_key() {
         .connect_token("bob", &rs("https://issuer.test", "rlsgate"))
         .await
         .unwrap();
-    let n: i64 = good
-        .query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&good, "SELECT count(*) FROM customers").await;
     assert_eq!(n, 2);
     for (token, reason) in [
         (rs("https://evil.test", "rlsgate"), "wrong issuer"),

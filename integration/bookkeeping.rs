@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{bind, data_rows, summarize, visible_customers, Env, Raw};
+use crate::harness::{bind, data_rows, scalar, summarize, visible_customers, Env, Raw};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -229,11 +229,7 @@ async fn a_copy_left_open_never_hands_its_server_on() {
             .batch_execute("CREATE TABLE copy_sink (v text); GRANT ALL ON copy_sink TO app_rls")
             .await
             .unwrap();
-        let before: i64 = admin
-            .query_one("SELECT count(*) FROM copy_sink", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let before: i64 = scalar(&admin, "SELECT count(*) FROM copy_sink").await;
         let mut attacker = Raw::connect(env.port(), "mallory", &env.token("acme")).await;
         // The next tenant waits for the only server while the attacker's pipeline runs.
         let victim = {
@@ -283,11 +279,7 @@ async fn a_copy_left_open_never_hands_its_server_on() {
         assert!(not_in_txn, "{what}: not inside the attacker's transaction");
         assert_eq!(foreign, 0, "{what}");
         assert!(rows.len() == 2 && rows.iter().all(|(t, _)| t == "globex"));
-        let after: i64 = admin
-            .query_one("SELECT count(*) FROM copy_sink", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let after: i64 = scalar(&admin, "SELECT count(*) FROM copy_sink").await;
         assert_eq!(before, after, "{what}: nothing was copied");
         // An acme client afterwards is acme, outside any transaction.
         let next = env.connect("acme").await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rlsgate::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{db_error, summarize, wait_for, Env, Raw};
+use crate::harness::{db_error, scalar, summarize, wait_for, Env, Raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_own_query_and_wrong_key_cancels_nothing() {
@@ -23,11 +23,7 @@ async fn cancel_own_query_and_wrong_key_cancels_nothing() {
 
     // A CancelRequest with the right pid but a wrong secret is ignored.
     let c = env.connect("globex").await;
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = scalar(&c, "SELECT pg_backend_pid()").await;
     let sleeper =
         tokio::spawn(async move { c.simple_query("SELECT pg_sleep(1.5)").await.map(|_| ()) });
     env.wait_for_active_query("SELECT pg_sleep(1.5)").await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rlsgate::config::PoolMode;
 use rlsgate::proxy::server::Server;
 
-use crate::harness::{db_error, visible_customers, Env};
+use crate::harness::{db_error, scalar, visible_customers, Env};
 
 /// A role that became BYPASSRLS after rlsgate started: its next new server connection
 /// is refused (42501), no client runs on it; fixed role, service resumes.
@@ -148,11 +148,7 @@ async fn role_and_database_defaults_are_refused() {
         assert_eq!(db_error(&err).0, "42501", "{sql}");
     }
     let admin = env.admin().await;
-    let n: i64 = admin
-        .query_one("SELECT count(*) FROM pg_db_role_setting", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&admin, "SELECT count(*) FROM pg_db_role_setting").await;
     assert_eq!(n, 0);
     // Another tenant's new session is writable as before.
     let other = env.connect("globex").await;
@@ -168,11 +164,7 @@ async fn role_and_database_defaults_are_refused() {
 async fn large_objects_are_refused_unless_allowed() {
     let env = Env::start().await;
     let admin = env.admin().await;
-    let oid: u32 = admin
-        .query_one("SELECT lo_from_bytea(0, 'globex-secret')::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let oid: u32 = scalar(&admin, "SELECT lo_from_bytea(0, 'globex-secret')::oid").await;
     admin
         .batch_execute(&format!("ALTER LARGE OBJECT {oid} OWNER TO app_rls"))
         .await

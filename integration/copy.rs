@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use futures::{SinkExt, TryStreamExt};
 
-use crate::harness::{db_error, summarize, wait_for, Env, Raw};
+use crate::harness::{db_error, scalar, summarize, wait_for, Env, Raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out_respect_rls() {
@@ -59,28 +59,17 @@ async fn copy_in_and_out_respect_rls() {
     assert_eq!(db_error(&err).0, "42501");
 
     // The session is still usable after the failed COPY.
-    let n: i64 = acme
-        .query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&acme, "SELECT count(*) FROM customers").await;
     assert_eq!(n, 1003);
     let globex = env.connect("globex").await;
-    let n: i64 = globex
-        .query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&globex, "SELECT count(*) FROM customers").await;
     assert_eq!(n, 2);
     let admin = env.admin().await;
-    let n: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM customers WHERE tenant_id = 'acme'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(
+        &admin,
+        "SELECT count(*) FROM customers WHERE tenant_id = 'acme'",
+    )
+    .await;
     assert_eq!(n, 1003);
 }
 
@@ -117,11 +106,7 @@ async fn extended_copy_in_releases_the_server_in_transaction_mode() {
         let err = sink.finish().await.unwrap_err();
         assert_eq!(db_error(&err).0, "22P02");
         // The other client gets the only server.
-        let n: i64 = b
-            .query_one("SELECT count(*) FROM copy_sink", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = scalar(&b, "SELECT count(*) FROM copy_sink").await;
         assert_eq!(n, i + 1);
     }
 }
@@ -165,10 +150,6 @@ async fn failed_copy_with_syncs_inside_closes_the_server() {
     .await;
     // The next client gets a clean server.
     let b = env.connect("globex").await;
-    let n: i64 = b
-        .query_one("SELECT count(*) FROM copy_sink", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&b, "SELECT count(*) FROM copy_sink").await;
     assert_eq!(n, 0);
 }

@@ -483,3 +483,16 @@ pub async fn collect(r: &mut Raw, n: usize) -> Vec<RawMessage> {
     .await;
     out
 }
+
+/// The one value of a one-row, one-column query without parameters (panics naming the
+/// SQL on an error).
+pub async fn scalar<T>(client: &Client, sql: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{summarize, wait_for, Env, Raw};
+use crate::harness::{scalar, summarize, wait_for, Env, Raw};
 
 const LIMIT: Duration = Duration::from_millis(300);
 
@@ -91,7 +91,7 @@ async fn idle_limits_in_transaction_mode() {
     // Not pinned, not in a transaction: no limit applies.
     let idle = env.connect("acme").await;
     tokio::time::sleep(LIMIT * 3).await;
-    let one: i32 = idle.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = scalar(&idle, "SELECT 1").await;
     assert_eq!(one, 1);
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rlsgate::config::PoolMode;
 
-use crate::harness::{db_error, rows, visible_customers, Env};
+use crate::harness::{db_error, rows, scalar, visible_customers, Env};
 
 /// Transaction mode with one server, so every session uses the same backend.
 async fn one_server() -> Env {
@@ -71,14 +71,11 @@ async fn temp_objects_never_reach_the_next_session() {
     b.batch_execute("INSERT INTO invoices (status) VALUES ('globex-secret')")
         .await
         .unwrap();
-    let n: i64 = b
-        .query_one(
-            "SELECT count(*) FROM public.invoices WHERE status = 'globex-secret'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(
+        &b,
+        "SELECT count(*) FROM public.invoices WHERE status = 'globex-secret'",
+    )
+    .await;
     assert_eq!(n, 1, "the victim's row went into the real table");
 
     // The attacker's objects were dropped when the server changed sessions.
@@ -199,11 +196,7 @@ async fn functions_that_reach_other_backends_are_refused() {
 async fn session_mode_cancel_and_terminate_reach_only_the_own_tenant() {
     let env = Env::start().await;
     let victim = env.connect("acme").await;
-    let victim_pid: i32 = victim
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let victim_pid: i32 = scalar(&victim, "SELECT pg_backend_pid()").await;
     let other = env.connect("globex").await;
     for sql in [
         "SELECT pg_cancel_backend($1)",
@@ -216,16 +209,13 @@ async fn session_mode_cancel_and_terminate_reach_only_the_own_tenant() {
             "{sql}: not this tenant's backend"
         );
     }
-    let one: i32 = victim.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = scalar(&victim, "SELECT 1").await;
     assert_eq!(one, 1, "the other tenant's session is untouched");
 
     // The same tenant's other session may end it.
     let same = env.connect("acme").await;
-    let ended: Option<bool> = same
-        .query_one(&format!("SELECT pg_terminate_backend({victim_pid})"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let ended: Option<bool> =
+        scalar(&same, &format!("SELECT pg_terminate_backend({victim_pid})")).await;
     assert_eq!(ended, Some(true));
     crate::harness::wait_for("the victim's session ended", || async {
         victim.query_one("SELECT 1", &[]).await.is_err()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rlsgate::config::{PoolMode, SessionFeatures};
 use rlsgate::metrics::Metrics;
 
-use crate::harness::{db_error, listener, Env, Raw};
+use crate::harness::{db_error, listener, scalar, Env, Raw};
 
 async fn txn_env(size: usize, features: SessionFeatures, max_pinned: Option<usize>) -> Env {
     Env::with(|c| {
@@ -37,11 +37,7 @@ async fn pinned_client_keeps_session_state_and_nothing_leaks() {
         .await
         .unwrap();
     assert_eq!(Metrics::get(&metrics.pins), 1);
-    let pid: i32 = a
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = scalar(&a, "SELECT pg_backend_pid()").await;
     a.batch_execute("INSERT INTO scratch VALUES (1), (2)")
         .await
         .unwrap();
@@ -51,11 +47,7 @@ async fn pinned_client_keeps_session_state_and_nothing_leaks() {
     a.batch_execute("PREPARE two AS SELECT 2; LISTEN jobs")
         .await
         .unwrap();
-    let locked: bool = a
-        .query_one("SELECT pg_try_advisory_lock(42)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let locked: bool = scalar(&a, "SELECT pg_try_advisory_lock(42)").await;
     assert!(locked);
 
     for i in 0..20 {
@@ -76,11 +68,7 @@ async fn pinned_client_keeps_session_state_and_nothing_leaks() {
             pid,
             "another client ran on the pinned server"
         );
-        let other_lock: bool = b
-            .query_one("SELECT pg_try_advisory_xact_lock(42)", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let other_lock: bool = scalar(&b, "SELECT pg_try_advisory_xact_lock(42)").await;
         assert!(
             !other_lock,
             "the pinned client's session lock is still held"
@@ -252,15 +240,12 @@ async fn hidden_session_advisory_locks_pin() {
         .unwrap();
     assert_eq!(Metrics::get(&metrics.pins), 1);
     let c = env.connect("acme").await;
-    let locked: bool = c
-        .query_one(
-            "UPDATE customers SET name = name WHERE id = (SELECT min(id) FROM customers) \
+    let locked: bool = scalar(
+        &c,
+        "UPDATE customers SET name = name WHERE id = (SELECT min(id) FROM customers) \
              RETURNING pg_try_advisory_lock(100)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    )
+    .await;
     assert!(locked);
     assert_eq!(Metrics::get(&metrics.pins), 2);
 

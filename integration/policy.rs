@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{db_error, Env};
+use crate::harness::{db_error, scalar, Env};
 
 mod hardening;
 
@@ -123,11 +123,7 @@ fn rls_state(env: &Env) -> String {
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
-    client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
+    scalar(client, &format!("SELECT count(*) FROM {table}")).await
 }
 
 #[tokio::test]
@@ -257,11 +253,7 @@ async fn tenants_are_isolated_through_the_proxy(
         )
         .await
         .unwrap();
-    let gid: i64 = globex
-        .query_one("SELECT id FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let gid: i64 = scalar(&globex, "SELECT id FROM invoices").await;
     let err = globex
         .execute(
             &format!("INSERT INTO invoice_lines (invoice_id, product_sku, quantity, unit_price) VALUES ({gid}, 'SKU-00001', 1, 1)"),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{db_error, wait_for, Env};
+use crate::harness::{db_error, scalar, wait_for, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_gives_53300_then_recovers() {
@@ -32,11 +32,7 @@ async fn exhausted_pool_gives_53300_then_recovers() {
         .connect_token("bob", &env.token("globex"))
         .await
         .expect("next client proceeds after release");
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&c, "SELECT count(*) FROM customers").await;
     assert_eq!(n, 2);
 }
 

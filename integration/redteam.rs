@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::frontend;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{bind, data_rows, summarize, visible_customers, Env, Raw, RawMessage};
+use crate::harness::{bind, data_rows, scalar, summarize, visible_customers, Env, Raw, RawMessage};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -101,11 +101,8 @@ async fn next_tenant(env: &Env, tenant: &str) -> (String, bool, Vec<(String, Str
             .await
             .expect("the next tenant gets a server");
         tokio::spawn(conn);
-        let setting: String = c
-            .query_one("SELECT current_setting('app.current_tenant', true)", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let setting: String =
+            scalar(&c, "SELECT current_setting('app.current_tenant', true)").await;
         let not_in_txn = c
             .simple_query("SAVEPOINT probe")
             .await
@@ -762,11 +759,7 @@ async fn redteam_copy_fail_and_copy_out() {
             ("acme".into(), "acme".into())
         );
         drop(attacker);
-        let n: i64 = admin
-            .query_one("SELECT count(*) FROM copy_sink", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = scalar(&admin, "SELECT count(*) FROM copy_sink").await;
         assert_eq!(n, 0, "{mode:?}");
         assert_next_tenants_clean(&env, &format!("{mode:?} copy")).await;
     }
@@ -807,11 +800,11 @@ async fn redteam_open_transaction_at_disconnect() {
             drop(attacker);
             assert_next_tenants_clean(&env, &format!("{mode:?} {what}")).await;
             let admin = env.admin().await;
-            let n: i64 = admin
-                .query_one("SELECT count(*) FROM customers WHERE name = 'pwned'", &[])
-                .await
-                .unwrap()
-                .get(0);
+            let n: i64 = scalar(
+                &admin,
+                "SELECT count(*) FROM customers WHERE name = 'pwned'",
+            )
+            .await;
             assert_eq!(n, 0, "{mode:?} {what}");
         }
     }

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use rlsgate::config::PoolMode;
 use rlsgate::wire::protocol;
 
-use crate::harness::{collect, rows, summarize, visible_customers, Env, Raw};
+use crate::harness::{collect, rows, scalar, summarize, visible_customers, Env, Raw};
 
 async fn txn_env() -> Env {
     Env::with(|c| {
@@ -153,11 +153,7 @@ async fn extended_copy_without_final_sync_hands_on_open_transaction() {
     );
     drop(a.take());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let n: i64 = admin
-        .query_one("SELECT count(*) FROM copy_sink", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&admin, "SELECT count(*) FROM copy_sink").await;
     assert_eq!(
         n, 0,
         "acme's never-synced COPY was committed by someone else"
@@ -299,10 +295,6 @@ async fn token_expiry_between_execute_and_sync() {
         "expired session synced: {got:?}"
     );
     next_tenants_clean(&env, "expiry mid-pipeline").await;
-    let n: i64 = admin
-        .query_one("SELECT count(*) FROM exp_sink", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&admin, "SELECT count(*) FROM exp_sink").await;
     assert_eq!(n, 0, "the expired client's unsynced INSERT was committed");
 }

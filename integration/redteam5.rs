@@ -491,4 +491,3 @@ async fn sql_text_builtins_cannot_change_or_read_what_the_guard_denies() {
         }
     }
 }
-

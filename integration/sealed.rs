@@ -7,7 +7,7 @@
 use rlsgate::config::{Config, PoolMode};
 use tokio_postgres::Client;
 
-use crate::harness::{db_error, visible_customers, Env};
+use crate::harness::{db_error, scalar, visible_customers, Env};
 
 /// The demo's tenants: the attacker is acme, the victim globex.
 const ACME_ROWS: usize = 3;
@@ -119,11 +119,7 @@ async fn battery(mode: PoolMode) {
     for (i, attack) in ATTACKS.iter().enumerate() {
         let what = format!("{mode:?} attack {i} {:?}", attack[0]);
         let attacker = env.connect("acme").await;
-        let pid: i32 = attacker
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let pid: i32 = scalar(&attacker, "SELECT pg_backend_pid()").await;
         let (other_pid, seq) = (pid + 1, i64::MAX / 2);
         let attacker_key = b"attacker-chosen-secret-0123";
         for sql in attack.iter() {
@@ -291,11 +287,7 @@ async fn captured_seals_do_not_replay_in_transaction_mode() {
 async fn occupy(env: &Env) -> (tokio_postgres::Client, i32) {
     let c = env.connect("acme").await;
     c.batch_execute("BEGIN").await.unwrap();
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = scalar(&c, "SELECT pg_backend_pid()").await;
     (c, pid)
 }
 
@@ -307,11 +299,7 @@ async fn the_demo_is_sealed_by_default() {
     assert_eq!(env.config.tenant.sealed, None);
     assert!(env.config.tenant.is_sealed());
     let c = env.connect("globex").await;
-    let t: Option<String> = c
-        .query_one("SELECT rlsgate.tenant()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let t: Option<String> = scalar(&c, "SELECT rlsgate.tenant()").await;
     assert_eq!(t.as_deref(), Some("globex"));
     assert_eq!(visible_customers(&c).await.len(), GLOBEX_ROWS);
 }

@@ -3,7 +3,7 @@
 use rlsgate::config::PoolMode;
 use rlsgate::proxy::server::{Server, ServerError};
 
-use crate::harness::Env;
+use crate::harness::{scalar, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn superuser_or_bypassrls_upstream_role_is_refused() {
@@ -61,11 +61,7 @@ async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
         )
         .unwrap();
     let c = env.connect("acme").await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM docs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&c, "SELECT count(*) FROM docs").await;
     assert_eq!(n, 2, "sealed context verifies: own rows visible");
     // The example is already refused by the guard (dynamic SQL naming the setting).
     let err = c
@@ -89,11 +85,7 @@ async fn sealed_context_defeats_dynamic_sql_tenant_switch() {
     .await
     .unwrap();
     c.batch_execute("SELECT pg_temp.sneaky()").await.unwrap();
-    let tenant: String = c
-        .query_one("SELECT current_setting('app.current_tenant')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let tenant: String = scalar(&c, "SELECT current_setting('app.current_tenant')").await;
     assert_eq!(
         tenant, "globex",
         "the bare setting was changed behind the guard's back"

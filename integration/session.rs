@@ -1,7 +1,7 @@
 //! Tenant isolation through the proxy in session mode: simple and extended protocol,
 //! text and binary results, context not leaking between sessions.
 
-use crate::harness::{visible_customers, Env};
+use crate::harness::{scalar, visible_customers, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_sees_only_its_rows_simple_and_extended() {
@@ -18,17 +18,9 @@ async fn each_tenant_sees_only_its_rows_simple_and_extended() {
     assert!(rows.iter().all(|(t, _)| t == "globex"), "{rows:?}");
 
     // Binary-format numeric and bytea via extended protocol.
-    let total: i64 = acme
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total: i64 = scalar(&acme, "SELECT count(*) FROM invoices").await;
     assert_eq!(total, 5);
-    let total: i64 = globex
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total: i64 = scalar(&globex, "SELECT count(*) FROM invoices").await;
     assert_eq!(total, 4);
 
     // Simple protocol, text results.
@@ -61,14 +53,11 @@ async fn each_tenant_sees_only_its_rows_simple_and_extended() {
     );
 
     // Writes get the session's tenant from the column default, and cannot target another tenant.
-    let t: String = acme
-        .query_one(
-            "INSERT INTO customers(name, email) VALUES ('Zed', 'z@acme') RETURNING tenant_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let t: String = scalar(
+        &acme,
+        "INSERT INTO customers(name, email) VALUES ('Zed', 'z@acme') RETURNING tenant_id",
+    )
+    .await;
     assert_eq!(t, "acme");
     let err = acme
         .execute(
@@ -85,21 +74,13 @@ async fn each_tenant_sees_only_its_rows_simple_and_extended() {
 async fn real_server_parameters_and_backend_pid() {
     let env = Env::start().await;
     let c = env.connect("acme").await;
-    let version: String = c
-        .query_one("SHOW server_version", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let version: String = scalar(&c, "SHOW server_version").await;
     assert!(
         version.starts_with("15") || version.chars().next().unwrap().is_ascii_digit(),
         "{version}"
     );
     // The backend pid the client sees is the real one (session mode).
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = scalar(&c, "SELECT pg_backend_pid()").await;
     let admin = env.admin().await;
     let n: i64 = admin
         .query_one(

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rlsgate::config::PoolMode;
 use rlsgate::metrics::Metrics;
 
-use crate::harness::{rows, visible_customers, wait_for, Env};
+use crate::harness::{rows, scalar, visible_customers, wait_for, Env};
 
 async fn txn_env(size: usize) -> Env {
     Env::with(|c| {
@@ -165,14 +165,11 @@ async fn disconnect_mid_transaction_rolls_back_before_reuse() {
     );
     assert_eq!(env.upstream_connects(), 1, "b reused a's server");
     let admin = env.admin().await;
-    let n: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM customers WHERE name = 'uncommitted'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(
+        &admin,
+        "SELECT count(*) FROM customers WHERE name = 'uncommitted'",
+    )
+    .await;
     assert_eq!(n, 0);
 }
 
@@ -438,14 +435,11 @@ async fn pgbench_all_protocols_through_transaction_mode() {
     }
     // Every account update went to the token's tenant's rows or none (RLS): globex untouched.
     let admin = env.admin().await;
-    let changed: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pgbench_accounts WHERE tenant_id = 'globex' AND abalance <> 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let changed: i64 = scalar(
+        &admin,
+        "SELECT count(*) FROM pgbench_accounts WHERE tenant_id = 'globex' AND abalance <> 0",
+    )
+    .await;
     assert_eq!(changed, 0);
 }
 
@@ -605,10 +599,6 @@ async fn assert_ledger(env: &Env, expected: HashMap<String, i64>) {
             .get(0);
         assert_eq!(got, n, "tenant {tenant}");
     }
-    let bad: i64 = admin
-        .query_one("SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let bad: i64 = scalar(&admin, "SELECT count(*) FROM ledger WHERE n IN (5, 7, 9)").await;
     assert_eq!(bad, 0, "no failed, refused or abandoned write committed");
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use rlsgate::config::SslMode;
 use rlsgate::proxy::server::Server;
 
-use crate::harness::{db_error, visible_customers, wait_for, Env};
+use crate::harness::{db_error, scalar, visible_customers, wait_for, Env};
 
 /// Starts a second proxy in front of `env`'s PostgreSQL with a modified config.
 async fn proxy_with(env: &Env, modify: impl FnOnce(&mut rlsgate::config::Config)) -> Env2 {
@@ -47,11 +47,7 @@ async fn md5_and_cleartext_upstream_authentication() {
         })
         .await;
         let c = connect(&env, &p, "globex").await;
-        let user: String = c
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let user: String = scalar(&c, "SELECT current_user::text").await;
         assert_eq!(user, role);
         assert_eq!(visible_customers(&c).await.len(), 2);
     }
@@ -97,26 +93,17 @@ async fn tls_to_postgres_with_sslmode_require() {
     // pg_reload_conf() only signals the postmaster; new backends inherit its settings,
     // so a fresh connection showing ssl = on means the reload (and its TLS setup) is done.
     wait_for("PostgreSQL to reload with ssl = on", || async {
-        let ssl: String = env
-            .admin()
-            .await
-            .query_one("SHOW ssl", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let ssl: String = scalar(&env.admin().await, "SHOW ssl").await;
         ssl == "on"
     })
     .await;
     let p = proxy_with(&env, |c| c.upstream.sslmode = SslMode::Require).await;
     let c = connect(&env, &p, "acme").await;
-    let ssl: bool = c
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let ssl: bool = scalar(
+        &c,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await;
     assert!(ssl, "the proxy's server connection is encrypted");
     assert_eq!(visible_customers(&c).await.len(), 3);
     // Cancel over the TLS upstream works too.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rlsgate::config::PoolMode;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::{db_error, rows, Env};
+use crate::harness::{db_error, rows, scalar, Env};
 
 const MODES: [PoolMode; 2] = [PoolMode::Session, PoolMode::Transaction];
 
@@ -82,15 +82,12 @@ async fn session_views_show_only_the_tenants_own_backends() {
         acme2.simple_query("SELECT 'acme-marker'").await.unwrap();
         // The raw view holds globex's text (so the assertions below can fail).
         let raw = env.admin().await;
-        let seen: i64 = raw
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%globex-secret-marker%' \
+        let seen: i64 = scalar(
+            &raw,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%globex-secret-marker%' \
                  AND query NOT LIKE '%count(*)%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        )
+        .await;
         assert_eq!(seen, 1, "{mode:?}: globex's statement is in the raw view");
         let globex_pids = backends_of(&env, "globex").await;
         assert!(!globex_pids.is_empty());
@@ -170,14 +167,11 @@ async fn an_orm_fixture_reading_pg_stat_activity_works() {
             let pid: i32 = row.get(0);
             assert!(!globex_pids.contains(&pid), "{mode:?}: globex's pid {pid}");
         }
-        let n: i64 = acme
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = scalar(
+            &acme,
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .await;
         assert_eq!(n, 1, "{mode:?}: the client's own backend is in the view");
     }
 }

@@ -368,24 +368,14 @@ async fn check_upstream_role(state: &State) -> Result<(), ServerError> {
             return Ok(());
         }
     };
-    let row = conn
-        .query_row("SELECT rolsuper::text, rolbypassrls::text FROM pg_catalog.pg_roles WHERE rolname = current_user")
-        .await;
+    let why = conn.rls_exemption().await;
     conn.terminate().await;
-    let row = match row {
-        Ok(r) => r,
+    let why = match why {
+        Ok(why) => why,
         Err(e) => {
             warn!(error = %e, "could not check the upstream role");
             return Ok(());
         }
-    };
-    let why = match (
-        row.first().cloned().flatten().as_deref(),
-        row.get(1).cloned().flatten().as_deref(),
-    ) {
-        (Some("true"), _) => Some("a superuser"),
-        (_, Some("true")) => Some("BYPASSRLS"),
-        _ => None,
     };
     match why {
         None => Ok(()),
