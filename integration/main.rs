@@ -30,6 +30,7 @@ mod redteam2;
 mod redteam3;
 mod redteam4;
 mod redteam5;
+mod redteam6;
 mod restart;
 mod sealed;
 mod security;
