@@ -219,7 +219,10 @@ async fn finding_hook_in_the_release_count_hijacks_other_tenants_statement() {
     let env = env(true, false, 1).await;
     let globex = env.connect("globex").await;
     let acme = env.connect("acme").await;
-    let st = globex.prepare("SELECT count(*) FROM customers").await.unwrap();
+    let st = globex
+        .prepare("SELECT count(*) FROM customers")
+        .await
+        .unwrap();
     let first: i64 = globex.query_one(&st, &[]).await.unwrap().get(0);
     assert_eq!(first, 2, "globex's two customers");
     assert_eq!(pid(&acme).await, pid(&globex).await, "one server");
@@ -234,7 +237,11 @@ async fn finding_hook_in_the_release_count_hijacks_other_tenants_statement() {
         .await
         .expect("acme's DO block runs");
     // acme itself changed nothing of its own.
-    let own = simple_rows(&acme, "SELECT count(*) FROM customers WHERE name = 'pwned-by-acme'").await;
+    let own = simple_rows(
+        &acme,
+        "SELECT count(*) FROM customers WHERE name = 'pwned-by-acme'",
+    )
+    .await;
     assert_eq!(own, [["0"]]);
 
     // globex runs its own statement, as it did before.
@@ -401,4 +408,50 @@ async fn held_hook_with_unreadable_counts_leaves_nothing() {
     let globex = env.connect("globex").await;
     let problems = planted_problems(&globex, "unsealed, revoked").await;
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Held: spellings of the SQL-text built-ins and of `set_config` that could hide the text
+/// or the name from the guard (named arguments in any order, quoted, qualified and
+/// Unicode-escaped names, comments between name and parenthesis, dollar quotes, casts
+/// around the text) are refused, both pool modes, sealed and not; the bare tenant
+/// setting stays the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_spellings_of_sql_text_builtins_are_refused() {
+    const SWITCH: &str = "SELECT set_config(''app.current_tenant'', ''globex'', false)";
+    let sqls = [
+        format!("SELECT query_to_xml(query => '{SWITCH}', nulls => true, tableforest => false, targetns => '')"),
+        format!("SELECT query_to_xml(targetns => 'SELECT 1', query => '{SWITCH}', nulls => true, tableforest => false)"),
+        "SELECT set_config(setting_name => 'app.current_tenant', new_value => 'globex', is_local => false)".to_owned(),
+        "SELECT set_config(new_value => 'globex', setting_name => 'app.current_tenant', is_local => false)".to_owned(),
+        format!("SELECT \"query_to_xml\"('{SWITCH}', true, false, '')"),
+        format!("SELECT pg_catalog.query_to_xml('{SWITCH}', true, false, '')"),
+        format!("SELECT U&\"query\\005fto\\005fxml\"('{SWITCH}', true, false, '')"),
+        format!("SELECT query_to_xml/**/('{SWITCH}', true, false, '')"),
+        "SELECT query_to_xml($q$SELECT set_config('app.current_tenant', 'globex', false)$q$, true, false, '')".to_owned(),
+        format!("SELECT query_to_xml('{SWITCH}'::name::text, true, false, '')"),
+        format!("SELECT * FROM ts_stat('{SWITCH}::tsvector', 'a')"),
+        "SELECT table_to_xml('pg_catalog.pg_stat_activity'::regclass, true, false, '')".to_owned(),
+        "SELECT table_to_xml(tbl => 'pg_stat_activity', nulls => true, tableforest => false, targetns => '')".to_owned(),
+    ];
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        for sealed in [true, false] {
+            let env = Env::with(|c| {
+                c.pool.mode = mode;
+                c.pool.size = 1;
+                c.tenant.sealed = Some(sealed);
+            })
+            .await;
+            let acme = env.connect("acme").await;
+            for sql in &sqls {
+                let got = acme.simple_query(sql).await.err().map(|e| db_error(&e).0);
+                assert_eq!(
+                    got.as_deref(),
+                    Some("42501"),
+                    "{mode:?} sealed {sealed}: {sql}"
+                );
+                let t = simple_rows(&acme, "SELECT current_setting('app.current_tenant')").await;
+                assert_eq!(t, [["acme"]], "{mode:?} sealed {sealed}: {sql}");
+            }
+        }
+    }
 }
