@@ -3,8 +3,11 @@
 //! reading of SQL-text built-ins (`guard::sql_text_function`) and what counts as clean
 //! (`inspect/clean.rs`).
 //!
-//! Tests named `finding_*` fail on commit 00ef208 (each asserts the secure outcome for the
-//! attacker and for the next tenant on the same server); the others are attacks that held.
+//! Tests named `finding_*` failed on commit 00ef208 (each asserts the secure outcome for
+//! the attacker and for the next tenant on the same server) and pass since the fixes of
+//! session 6 (proxy statements without casts and with qualified names, `tenant.rs`; OID
+//! and raw-view refusals for SQL-text built-ins, `guard/walk.rs`; `DISCARD SEQUENCES`
+//! on a tenant switch, `session/link.rs`); the others are attacks that held.
 //!
 //! The main finding: the count query runs on the attacker's server under the attacker's
 //! session state, and its `::text` casts are not schema-qualified. PostgreSQL looks type
@@ -154,7 +157,7 @@ async fn planted_problems(globex: &Client, what: &str) -> Vec<String> {
     problems
 }
 
-/// FINDING (cross-tenant statement, redteam5 finding 1 again): the PREPARE runs inside
+/// FINDING, fixed (cross-tenant statement, redteam5 finding 1 again): the PREPARE runs inside
 /// rlsgate's own release-time count (through a temporary domain named `text`), after the
 /// counting: the count says 0 SQL-level statements, the server is released, and the next
 /// tenant sees acme's statement, cannot prepare its name, and its `EXECUTE` runs acme's
@@ -175,7 +178,7 @@ async fn finding_prepare_inside_the_release_count_survives_for_the_next_tenant()
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// FINDING (disturbing other tenants, redteam5 finding 2 again): a `DEALLOCATE ALL` run
+/// FINDING, fixed (disturbing other tenants, redteam5 finding 2 again): a `DEALLOCATE ALL` run
 /// inside the count drops globex's `rlsgate_…` statements after they were counted; the
 /// proxy keeps binding them by name and globex's prepared statement fails with 26000 on
 /// every retry (its clean executions never make the server dirty, so nothing recounts).
@@ -207,7 +210,7 @@ async fn finding_deallocate_all_inside_the_release_count_breaks_other_tenants() 
     );
 }
 
-/// FINDING (cross-tenant write): with the raw `pg_prepared_statements` readable by the
+/// FINDING, fixed (cross-tenant write): with the raw `pg_prepared_statements` readable by the
 /// app role (the harness's and the demo's default; unsealed deployments need it for the
 /// count), the hook reads the server's protocol-level statements (other tenants'
 /// `rlsgate_…` names), deallocates each and prepares a SQL-level statement of the same
@@ -254,7 +257,7 @@ async fn finding_hook_in_the_release_count_hijacks_other_tenants_statement() {
     );
 }
 
-/// FINDING (guard gap, cross-tenant read where the raw views are not revoked):
+/// FINDING, fixed (guard gap, cross-tenant read where the raw views are not revoked):
 /// `table_to_xml` takes a `regclass`, and regclass input accepts a relation's OID as a
 /// string. The guard compares the text with the denied and scoped view names only, so
 /// `table_to_xml('<oid of pg_stat_activity>', ...)` reads every session's last query text
@@ -323,7 +326,7 @@ async fn finding_table_to_xml_by_oid_reads_denied_and_scoped_views() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// FINDING (guard gap, where the raw views are not revoked): the SQL given to
+/// FINDING, fixed (guard gap, where the raw views are not revoked): the SQL given to
 /// `query_to_xml` is checked against the denied relations only; the scoped session views
 /// (`pg_locks`, `pg_stat_ssl`, ...) are rewritten to their tenant-scoped `rlsgate.*`
 /// versions at the top level, but not inside the text, so the text reads the raw,
@@ -361,7 +364,7 @@ async fn finding_query_to_xml_reads_raw_scoped_views() {
     globex.batch_execute("COMMIT").await.unwrap();
 }
 
-/// FINDING (low, another tenant's session state): a plain `INSERT` into a table with a
+/// FINDING, fixed (low, another tenant's session state): a plain `INSERT` into a table with a
 /// `bigserial` key is clean (no reset at release), but `nextval` leaves `lastval()` /
 /// `currval()` in the server session, and `RESET ALL` (all a clean server gets) does
 /// not clear it (`DISCARD SEQUENCES` is only in the dirty reset). The next tenant on the

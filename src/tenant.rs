@@ -95,23 +95,33 @@ pub const SWITCH_RESET: &str = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; \
 /// encoding the server connection is in.
 pub const SESSION_SETTINGS: &str =
     "SELECT name, pg_catalog.encode(pg_catalog.convert_to(setting, 'UTF8'), 'hex') \
-    FROM pg_catalog.pg_settings WHERE source = 'session'";
+    FROM pg_catalog.pg_settings WHERE source OPERATOR(pg_catalog.=) 'session'";
 
 /// The prepared statements a server holds, as (SQL-level, protocol-level) counts, read at
 /// the release of a dirty server (transaction mode): dynamic SQL (`EXECUTE 'PREPARE
 /// ...'` or `'DEALLOCATE ALL'` in a DO block or function) changes them unseen. Sealed:
 /// through `rlsgate.statement_counts()` (policies/sealed.sql), since `policy apply`
-/// revokes the raw view from the app role. Every name is qualified: the query runs
-/// under the client's search_path.
+/// revokes the raw view from the app role.
+///
+/// Every proxy statement that runs after client SQL on the same server runs under the
+/// client's `search_path` and temporary objects: no type name, function or operator in
+/// them may resolve to one the client made (a `pg_temp.text` domain whose CHECK runs the
+/// client's code inside the proxy's query, red-team pass 6). So: no casts, functions
+/// and operators qualified with `pg_catalog`.
 pub const STATEMENT_COUNTS_SEALED: &str =
-    "SELECT from_sql::text, protocol::text FROM rlsgate.statement_counts()";
+    "SELECT from_sql, protocol FROM rlsgate.statement_counts()";
 /// [`STATEMENT_COUNTS_SEALED`] without the sealed context's functions.
-pub const STATEMENT_COUNTS: &str = "SELECT pg_catalog.count(*) FILTER (WHERE from_sql)::text, \
-    pg_catalog.count(*) FILTER (WHERE NOT from_sql)::text \
-    FROM pg_catalog.pg_prepared_statements";
+pub const STATEMENT_COUNTS: &str = "SELECT pg_catalog.count(*) FILTER (WHERE from_sql), \
+    pg_catalog.count(*) FILTER (WHERE NOT from_sql) FROM pg_catalog.pg_prepared_statements";
 
-/// Sent before a session runs on a clean server holding other client settings.
-pub const SETTINGS_RESET: &str = "RESET ALL";
+/// Sent before a session runs on a clean server holding other client settings: the
+/// settings, and the sequence state (`lastval`/`currval`: a clean INSERT can call
+/// `nextval` through a column default).
+pub const SETTINGS_RESET: &str = "RESET ALL; DISCARD SEQUENCES";
+
+/// Sent before a session of another tenant runs on a clean server with the same client
+/// settings.
+pub const SEQUENCES_RESET: &str = "DISCARD SEQUENCES";
 
 impl SessionContext {
     /// Builds the context for `identity`, with the client's startup parameters.

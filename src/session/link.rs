@@ -93,6 +93,10 @@ impl Session<'_> {
                 if self.ctx.encode_client(&mut self.to_server) {
                     self.pipeline.proxy(false);
                 }
+            } else if obj.context.is_some_and(|c| c.all != want.all) {
+                // Another tenant, same settings: its `lastval`/`currval` must not show.
+                protocol::put_query(&mut self.to_server, crate::tenant::SEQUENCES_RESET);
+                self.pipeline.proxy_query(true);
             }
             self.ctx.encode_tenant(&mut self.to_server, obj.pid());
             self.pipeline.proxy(true);

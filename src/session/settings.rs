@@ -112,7 +112,7 @@ impl ClientSettings {
             sql.push_str(&format!(
                 " UNION ALL SELECT n, pg_catalog.encode(pg_catalog.convert_to(v, 'UTF8'), 'hex') \
                  FROM (SELECT n, pg_catalog.current_setting(n, true) AS v \
-                 FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n) s WHERE v IS NOT NULL",
+                 FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n) s WHERE v IS NOT NULL",
                 names.join(", ")
             ));
         }

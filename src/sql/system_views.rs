@@ -56,6 +56,13 @@ pub fn mentioned(sql: &str) -> bool {
     })
 }
 
+/// True when `sql` parses and reads one of the raw [`SCOPED`] views (unqualified or in
+/// `pg_catalog`): text the rewrite cannot reach (an argument of `query_to_xml`).
+pub fn reads_raw_view(sql: &str) -> bool {
+    pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+        .is_ok_and(|parsed| !references(&parsed.protobuf).is_empty())
+}
+
 /// A reference to a scoped view: where its name is, whether it was qualified and
 /// whether the client gave it an alias.
 struct Reference {

@@ -441,7 +441,8 @@ impl ServerConn {
         }
         let row = self
             .query_row(
-                "SELECT rolsuper::text, rolbypassrls::text FROM pg_catalog.pg_roles \
+                "SELECT rolsuper::pg_catalog.text, rolbypassrls::pg_catalog.text \
+                 FROM pg_catalog.pg_roles \
                  WHERE rolname OPERATOR(pg_catalog.=) current_user",
             )
             .await?;

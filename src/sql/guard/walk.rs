@@ -328,7 +328,25 @@ impl<'p> Walker<'p> {
             ));
         };
         match reach {
-            super::Reach::Query(_) => self.deeper(|w| w.check_text(&text, 0)),
+            super::Reach::Query(_) => {
+                // The rewrite of session views does not reach into the text: a raw one
+                // there would show other tenants' sessions where the database does not
+                // revoke it.
+                if crate::sql::system_views::reads_raw_view(&text) {
+                    return Err(self.refuse(
+                        Rule::DeniedRelation,
+                        format!("{name} of a query that reads a session view is not allowed"),
+                    ));
+                }
+                self.deeper(|w| w.check_text(&text, 0))
+            }
+            super::Reach::Relation if text.trim().bytes().all(|b| b.is_ascii_digit()) => {
+                // A relation by OID cannot be checked by name.
+                Err(self.refuse(
+                    Rule::DeniedRelation,
+                    format!("{name} of a relation given by OID cannot be verified"),
+                ))
+            }
             super::Reach::Relation => {
                 let relname = text
                     .rsplit('.')
