@@ -31,6 +31,7 @@ mod redteam3;
 mod redteam4;
 mod redteam5;
 mod redteam6;
+mod redteam7;
 mod restart;
 mod sealed;
 mod security;
