@@ -2,9 +2,12 @@
 //! a server after the client's SQL, under the client's session state; and what a pooled
 //! server carries from one tenant's session to the next.
 //!
-//! Tests named `finding_*` fail on commit dbea20a: each asserts what the next tenant on
+//! Tests named `finding_*` failed on commit dbea20a: each asserts what the next tenant on
 //! the same server (pool of one) would see directly on a fresh PostgreSQL backend. The
-//! others are attacks that held.
+//! first two are fixed (`random()` reseeded with a secret value by every reset of a dirty
+//! server and at checkin; a server whose temporary buffers are frozen at a size other
+//! than the default is discarded, `tenant::TEMP_BUFFERS_CHECK`); the third is a known
+//! limit (ignored). The others are attacks that held.
 //!
 //! The findings are backend state that neither `DISCARD ALL` (session pooling's
 //! `reset_query`) nor `tenant::SWITCH_RESET` / `SETTINGS_RESET` (transaction pooling)
@@ -69,10 +72,12 @@ async fn connect_with(env: &Env, tenant: &str, extra: &str) -> Result<Client, St
     Ok(client)
 }
 
-/// Session mode: waits until the attacker's server is back in the pool.
+/// Session mode: waits until the attacker's server is back in the pool, or closed (a
+/// server whose reset found state it cannot undo is discarded).
 async fn server_back(env: &Env) {
-    wait_for("the server back in the pool", || async {
-        env.idle_servers() == 1
+    wait_for("the server back in the pool or closed", || async {
+        let status = env.proxy.state.pool.status();
+        status.size == status.available
     })
     .await;
 }
@@ -193,7 +198,12 @@ async fn finding_frozen_temp_buffers_break_the_next_tenants_sessions() {
 /// tell it was used: the placeholder stays defined after RESET ALL / DISCARD ALL
 /// (`current_setting(name, true)` is '' instead of NULL). A one-bit leak per guessed
 /// name (which features, which app versions other tenants run).
+///
+/// Not fixed (a known limit, docs/isolation.md): PostgreSQL cannot undefine a
+/// placeholder; discarding every server on which a session set a custom setting would
+/// cost apps that set one per request a connection per tenant switch.
 #[tokio::test]
+#[ignore = "KNOWN LIMIT (docs/isolation.md): a custom placeholder a session defined stays defined (value '') on its server; one bit per guessed name, values never cross"]
 async fn finding_custom_setting_names_of_other_tenants_stay_defined() {
     let mut problems = Vec::new();
     for mode in [PoolMode::Transaction, PoolMode::Session] {

@@ -119,6 +119,21 @@ pub const STATEMENT_COUNTS: &str = "SELECT pg_catalog.count(*) FILTER (WHERE fro
 /// `nextval` through a column default).
 pub const SETTINGS_RESET: &str = "RESET ALL; DISCARD SEQUENCES";
 
+/// Tries the server's default `temp_buffers` (as `SET`): PostgreSQL fixes a backend's
+/// temporary buffers at the first temporary table it touches, after which any other
+/// size fails, so a session that froze them at another size would make the next
+/// sessions' `temp_buffers` settings fail (red-team pass 7). Fails exactly then: the
+/// server is discarded.
+pub const TEMP_BUFFERS_CHECK: &str =
+    "SELECT pg_catalog.set_config('temp_buffers', s.reset_val, false) \
+     FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'temp_buffers'";
+
+/// Reseeds `random()` with a secret value, as a fresh backend is seeded: a session's
+/// `setseed()` would otherwise choose the next session's random values.
+pub fn reseed_sql() -> String {
+    format!("SELECT pg_catalog.setseed({})", rand::random::<f64>())
+}
+
 /// Sent before a session of another tenant runs on a clean server with the same client
 /// settings.
 pub const SEQUENCES_RESET: &str = "DISCARD SEQUENCES";

@@ -31,8 +31,12 @@ pub(super) async fn bind_with_context(
         let mut buf = BytesMut::new();
         let mut replies = 1;
         if obj.context.is_some_and(|c| c.client != want.client) || obj.dirty {
-            protocol::put_query(&mut buf, reset_for(&obj));
+            protocol::put_query(&mut buf, &reset_for(&obj));
             obj.dirty = false;
+            replies += 1;
+        } else if obj.context.is_some_and(|c| c.all != want.all) {
+            // Another tenant, same settings: its `lastval`/`currval` must not show.
+            protocol::put_query(&mut buf, crate::tenant::SEQUENCES_RESET);
             replies += 1;
         }
         ctx.encode(&mut buf, obj.pid());
@@ -59,12 +63,17 @@ pub(super) async fn bind_with_context(
 }
 
 /// The reset a server needs before another session: everything a session can leave
-/// behind when its last session was dirty, else only the settings.
-fn reset_for(server: &crate::upstream::conn::ServerConn) -> &'static str {
+/// behind when its last session was dirty (with `random()` reseeded), else only the
+/// settings.
+fn reset_for(server: &crate::upstream::conn::ServerConn) -> String {
     if server.dirty {
-        crate::tenant::SWITCH_RESET
+        format!(
+            "{}; {}",
+            crate::tenant::SWITCH_RESET,
+            crate::tenant::reseed_sql()
+        )
     } else {
-        crate::tenant::SETTINGS_RESET
+        crate::tenant::SETTINGS_RESET.to_owned()
     }
 }
 
@@ -85,7 +94,7 @@ impl Session<'_> {
                 // Other settings, or the last session may have left state behind that
                 // rlsgate cannot see: nothing of it may remain.
                 if obj.context.is_some() || obj.dirty {
-                    protocol::put_query(&mut self.to_server, reset_for(&obj));
+                    protocol::put_query(&mut self.to_server, &reset_for(&obj));
                     // A failed reset leaves the other session's state: fail closed.
                     self.pipeline.proxy_query(true);
                     obj.dirty = false;
@@ -156,14 +165,19 @@ impl Session<'_> {
                     Some(_) => crate::tenant::STATEMENT_COUNTS_SEALED,
                     None => crate::tenant::STATEMENT_COUNTS,
                 };
-                let mut read = obj.query_rows_pair(&sql, counts).await;
-                if read.as_ref().is_ok_and(|(rows, _)| rows.is_err()) && !obj.broken {
+                let queries = [&sql[..], counts, crate::tenant::TEMP_BUFFERS_CHECK];
+                let mut read = obj.query_rows_many(&queries).await;
+                if read.as_ref().is_ok_and(|r| r[0].is_err()) && !obj.broken {
                     // A cancel the client sent just before the release may have hit it.
-                    read = obj.query_rows_pair(&sql, counts).await;
+                    read = obj.query_rows_many(&queries).await;
                 }
-                let (rows, counts) = match read {
-                    Ok(pair) => pair,
-                    Err(e) => (Err(e), Ok(Vec::new())),
+                let (rows, counts, temp) = match read {
+                    Ok(mut r) => {
+                        let temp = r.pop().expect("three results");
+                        let counts = r.pop().expect("three results");
+                        (r.pop().expect("three results"), counts, temp)
+                    }
+                    Err(e) => (Err(e), Ok(Vec::new()), Ok(Vec::new())),
                 };
                 match rows {
                     Ok(rows) => self.ctx.adopt_session_settings(&self.state.owned, &rows),
@@ -175,6 +189,12 @@ impl Session<'_> {
                             .await;
                         return Err(ClientError::ContextFailed(why));
                     }
+                }
+                if temp.is_err() {
+                    // Its temporary buffers are frozen at another size: no other session
+                    // could set `temp_buffers` there.
+                    self.state.pool.discard(obj, "temp_buffers frozen").await;
+                    return Ok(());
                 }
                 match self.check_statements(&mut obj, counts).await {
                     Held::Release => {}

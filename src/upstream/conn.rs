@@ -354,35 +354,25 @@ impl ServerConn {
         }
     }
 
-    /// Runs two simple queries in one write (one round trip); each has its own result.
-    #[allow(clippy::type_complexity)]
-    pub async fn query_rows_pair(
-        &mut self,
-        first: &str,
-        second: &str,
-    ) -> Result<
-        (
-            Result<Vec<Vec<Option<String>>>, BackendError>,
-            Result<Vec<Vec<Option<String>>>, BackendError>,
-        ),
-        BackendError,
-    > {
+    /// Runs simple queries in one write (one round trip); each has its own result.
+    pub async fn query_rows_many(&mut self, queries: &[&str]) -> Result<Vec<Rows>, BackendError> {
         let mut buf = BytesMut::new();
-        protocol::put_query(&mut buf, first);
-        protocol::put_query(&mut buf, second);
+        for q in queries {
+            protocol::put_query(&mut buf, q);
+        }
         if let Err(e) = self.stream.write_all(&buf).await {
             self.broken = true;
             return Err(e.into());
         }
-        let a = self.read_rows().await?;
-        let b = self.read_rows().await?;
-        Ok((a, b))
+        let mut out = Vec::with_capacity(queries.len());
+        for _ in queries {
+            out.push(self.read_rows().await?);
+        }
+        Ok(out)
     }
 
     /// Reads one simple query's result up to its ReadyForQuery: the rows, or the error.
-    async fn read_rows(
-        &mut self,
-    ) -> Result<Result<Vec<Vec<Option<String>>>, BackendError>, BackendError> {
+    async fn read_rows(&mut self) -> Result<Rows, BackendError> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -462,6 +452,9 @@ impl ServerConn {
         let _ = self.stream.shutdown().await;
     }
 }
+
+/// The rows of one query of [`ServerConn::query_rows_many`] (text values), or its error.
+pub type Rows = Result<Vec<Vec<Option<String>>>, BackendError>;
 
 /// Sends a CancelRequest for `pid`/`secret` on a fresh connection.
 pub async fn send_cancel(c: &Connector, pid: i32, secret: i32) -> Result<(), BackendError> {

@@ -205,7 +205,18 @@ impl Pool {
         obj.context = None;
         obj.dirty = false;
         obj.statements.clear();
-        if let Err(e) = obj.simple_query(&self.cfg.reset_query).await {
+        // The reset, then what it does not cover: temporary buffers frozen at another
+        // size, and `random()`'s seed (`tenant::TEMP_BUFFERS_CHECK`, `reseed_sql`).
+        let after = format!(
+            "{}; {}",
+            crate::tenant::TEMP_BUFFERS_CHECK,
+            crate::tenant::reseed_sql()
+        );
+        let results = obj
+            .query_rows_many(&[&self.cfg.reset_query, &after])
+            .await
+            .and_then(|r| r.into_iter().try_for_each(|r| r.map(drop)));
+        if let Err(e) = results {
             warn!(error = %e, "reset query failed; closing upstream connection");
             self.discard(obj, "reset failed").await;
             return;
