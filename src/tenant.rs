@@ -123,9 +123,10 @@ pub const SETTINGS_RESET: &str = "RESET ALL; DISCARD SEQUENCES";
 /// temporary buffers at the first temporary table it touches, after which any other
 /// size fails, so a session that froze them at another size would make the next
 /// sessions' `temp_buffers` settings fail (red-team pass 7). Fails exactly then: the
-/// server is discarded.
+/// server is discarded. Local to its own implicit transaction, so it leaves no session
+/// setting behind (the read-back would take one for the client's).
 pub const TEMP_BUFFERS_CHECK: &str =
-    "SELECT pg_catalog.set_config('temp_buffers', s.reset_val, false) \
+    "SELECT pg_catalog.set_config('temp_buffers', s.reset_val, true) \
      FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'temp_buffers'";
 
 /// Reseeds `random()` with a secret value, as a fresh backend is seeded: a session's

@@ -330,28 +330,7 @@ impl ServerConn {
             self.broken = true;
             return Err(e.into());
         }
-        let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            let (tag, msg) = self.next_message().await?;
-            match tag {
-                b'D' => rows.push(parse_data_row(&msg)),
-                protocol::backend::ERROR_RESPONSE => {
-                    error = Some(protocol::parse_error_fields(&msg))
-                }
-                protocol::backend::READY_FOR_QUERY => {
-                    self.tx = TxStatus::from_byte(msg.get(5).copied().unwrap_or(0))
-                        .ok_or_else(|| proto_msg("bad ReadyForQuery"))?;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        self.last_used = Instant::now();
-        match error {
-            Some(e) => Err(BackendError::Server(e)),
-            None => Ok(rows),
-        }
+        self.read_rows().await?
     }
 
     /// Runs simple queries in one write (one round trip); each has its own result.
@@ -380,7 +359,23 @@ impl ServerConn {
             match tag {
                 b'D' => rows.push(parse_data_row(&msg)),
                 protocol::backend::ERROR_RESPONSE => {
-                    error = Some(protocol::parse_error_fields(&msg))
+                    let fields = protocol::parse_error_fields(&msg);
+                    if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                        self.broken = true;
+                        return Err(BackendError::Server(fields));
+                    }
+                    error.get_or_insert(fields);
+                }
+                protocol::backend::PARAMETER_STATUS => {
+                    // What the server now holds (a reset reports the values it restored).
+                    if let Some((n, v)) = protocol::parse_parameter_status(&msg) {
+                        let (n, v) = (n.to_owned(), v.to_owned());
+                        self.note_parameter(&n, &v);
+                    }
+                }
+                protocol::backend::COPY_IN_RESPONSE | protocol::backend::COPY_BOTH_RESPONSE => {
+                    self.broken = true;
+                    return Err(proto_msg("unexpected COPY in proxy query"));
                 }
                 protocol::backend::READY_FOR_QUERY => {
                     self.tx = TxStatus::from_byte(msg.get(5).copied().unwrap_or(0))
