@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rlsgate::config::PoolMode;
 
-use crate::harness::{data_rows, Env, Raw, RawMessage};
+use crate::harness::{data_rows, wait_for, Env, Raw, RawMessage};
 
 /// (name, a value other than the default). The first seven are reported by PostgreSQL
 /// 15 (GUC_REPORT); the rest are not, so only the remembered statements carry them.
@@ -390,23 +390,17 @@ async fn committed_settings_follow_the_client_to_another_server() {
             }
             let before = pid(&mut me).await;
             // Another client holds the server just used, so the next transaction gets a
-            // different one. The pool hands out the most recently released server once
-            // the proxy has released it (after its own replies and, for a dirty server,
-            // one more round trip): try until a deadline (5 s; a loaded machine is slow).
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            let mut tries = 0;
-            let (mut other, opid) = loop {
-                tokio::time::sleep(Duration::from_millis(if tries == 0 { 0 } else { 50 })).await;
-                let mut other = Peer::connect(env.port(), "bob", &env.token("globex")).await;
-                other.query("BEGIN").await;
-                let opid = pid(&mut other).await;
-                if opid == before || tokio::time::Instant::now() > deadline {
-                    break (other, opid);
-                }
-                other.query("COMMIT").await;
-                other.raw.send(&terminate()).await;
-                tries += 1;
-            };
+            // different one. The pool hands out the most recently released server: wait
+            // until the proxy has released it (after its own replies and, for a dirty
+            // server, one more round trip) so nothing is released after it.
+            wait_for("every server back in the pool", || async {
+                let status = env.proxy.state.pool.status();
+                status.size == status.available
+            })
+            .await;
+            let mut other = Peer::connect(env.port(), "bob", &env.token("globex")).await;
+            other.query("BEGIN").await;
+            let opid = pid(&mut other).await;
             let mine = me.snapshot(true).await;
             let after = pid(&mut me).await;
             assert_ne!(after, opid, "{case}: two clients on one server");
