@@ -16,26 +16,23 @@ use crate::harness::{db_error, Env};
 use crate::views::{simple_rows, REVOKE_RAW};
 
 async fn env(mode: PoolMode, size: usize, guard: bool) -> Env {
-    let env = Env::with(|c| {
-        c.pool.mode = mode;
-        c.pool.size = size;
-        c.pool.acquire_timeout = Duration::from_secs(5);
-        c.guard.enabled = guard;
-    })
-    .await;
-    env.pg
-        .psql("app", REVOKE_RAW)
-        .expect("revoke the raw views");
-    env
+    crate::views::env_sized(mode, guard, size).await
 }
 
-async fn pid(c: &Client) -> String {
+pub(crate) async fn pid(c: &Client) -> String {
     simple_rows(c, "SELECT pg_backend_pid()::text").await[0][0].clone()
 }
 
 /// Runs `sql` (by simple protocol) on every server of a pool of `size`: `size` clients
-/// of `tenant` each hold a server in an open transaction, so each runs it on its own.
-async fn on_every_server(env: &Env, tenant: &str, size: usize, sql: &str) -> Vec<String> {
+/// of `tenant` each hold a server in an open transaction, so each runs it on its own;
+/// the COMMIT releases each (dirty) server, which is when rlsgate counts its statements.
+/// Returns the clients (still connected).
+pub(crate) async fn on_every_server(
+    env: &Env,
+    tenant: &str,
+    size: usize,
+    sql: &str,
+) -> Vec<Client> {
     let mut held = Vec::new();
     for _ in 0..size {
         let c = env.connect(tenant).await;
@@ -55,7 +52,7 @@ async fn on_every_server(env: &Env, tenant: &str, size: usize, sql: &str) -> Vec
     pids.sort();
     pids.dedup();
     assert_eq!(pids.len(), size, "one client per server");
-    pids
+    held
 }
 
 /// Finding 1, fixed (transaction mode): a SQL-level `PREPARE` run as dynamic SQL (`DO ...

@@ -23,6 +23,7 @@ use rlsgate::config::PoolMode;
 use tokio_postgres::Client;
 
 use crate::harness::{db_error, rows, Env};
+use crate::redteam5::{on_every_server, pid};
 use crate::views::{simple_rows, REVOKE_RAW};
 
 /// Transaction mode, `size` servers; `revoke`: the raw session views are revoked as
@@ -45,10 +46,6 @@ async fn env(sealed: bool, revoke: bool, size: usize) -> Env {
     env
 }
 
-async fn pid(c: &Client) -> String {
-    simple_rows(c, "SELECT pg_backend_pid()::text").await[0][0].clone()
-}
-
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -57,7 +54,7 @@ fn hex(s: &str) -> String {
 /// decoded), so the guard sees neither the statements nor the names they mention (it
 /// checks only what a literal EXECUTE runs; the sealed context is meant to cover the
 /// rest), and `inspect::session_only` does not see the temporary objects.
-fn hidden_do(statements: &[&str]) -> String {
+pub(crate) fn hidden_do(statements: &[&str]) -> String {
     let body: String = statements
         .iter()
         .map(|s| {
@@ -91,32 +88,6 @@ fn count_hook(hook_body: &str) -> String {
 const PLANT: &str = "BEGIN EXECUTE 'PREPARE acme_planted AS SELECT \
     ''planted-by-acme''::pg_catalog.text AS t, rlsgate.tenant() AS tenant'; \
     EXCEPTION WHEN duplicate_prepared_statement THEN NULL; END;";
-
-/// Runs `sql` on every server of a pool of `size`: `size` clients of `tenant` each hold a
-/// server in an open transaction; the COMMIT releases each (dirty) server, which is
-/// when rlsgate counts its statements.
-async fn on_every_server(env: &Env, tenant: &str, size: usize, sql: &str) -> Vec<Client> {
-    let mut held = Vec::new();
-    for _ in 0..size {
-        let c = env.connect(tenant).await;
-        c.batch_execute("BEGIN").await.unwrap();
-        held.push(c);
-    }
-    let mut pids = Vec::new();
-    for c in &held {
-        pids.push(pid(c).await);
-        c.batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {:?}", db_error(&e)));
-    }
-    for c in &held {
-        c.batch_execute("COMMIT").await.unwrap();
-    }
-    pids.sort();
-    pids.dedup();
-    assert_eq!(pids.len(), size, "one client per server");
-    held
-}
 
 /// What globex sees of a statement acme planted on every server (redteam5's checks).
 async fn planted_problems(globex: &Client, what: &str) -> Vec<String> {

@@ -27,6 +27,7 @@ use rlsgate::config::PoolMode;
 use tokio_postgres::{Client, NoTls};
 
 use crate::harness::{db_error, wait_for, Env};
+use crate::redteam6::hidden_do;
 use crate::views::simple_rows;
 
 async fn env(mode: PoolMode, sealed: bool) -> Env {
@@ -37,24 +38,6 @@ async fn env(mode: PoolMode, sealed: bool) -> Env {
         c.tenant.sealed = Some(sealed);
     })
     .await
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A DO block running `statements` as dynamic SQL built at run time (see redteam6).
-fn hidden_do(statements: &[&str]) -> String {
-    let body: String = statements
-        .iter()
-        .map(|s| {
-            format!(
-                "EXECUTE pg_catalog.convert_from(pg_catalog.decode('{}', 'hex'), 'UTF8'); ",
-                hex(s)
-            )
-        })
-        .collect();
-    format!("DO $$ BEGIN {body}END $$")
 }
 
 /// A client through the proxy with extra libpq connection options (`options='-c ...'`).

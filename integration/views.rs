@@ -28,7 +28,7 @@ async fn env(mode: PoolMode, guard: bool) -> Env {
     env_sized(mode, guard, 6).await
 }
 
-async fn env_sized(mode: PoolMode, guard: bool, size: usize) -> Env {
+pub(crate) async fn env_sized(mode: PoolMode, guard: bool, size: usize) -> Env {
     let env = Env::with(|c| {
         c.pool.mode = mode;
         c.pool.size = size;
