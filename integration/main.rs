@@ -36,6 +36,7 @@ mod restart;
 mod sealed;
 mod security;
 mod session;
+mod shapes;
 mod state;
 mod tls;
 mod txn;

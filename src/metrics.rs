@@ -29,6 +29,12 @@ pub struct Metrics {
     pub pinned_active: AtomicI64,
     /// Clients closed by a `[pool]` idle limit.
     pub idle_timeouts: AtomicU64,
+    /// Transaction mode: prepared statements prepared afresh on a server that lacked
+    /// them (or held another shape) and compared with the client's (a round trip each).
+    pub statement_copies: AtomicU64,
+    /// Copies whose result had changed since the client prepared the statement: the
+    /// client got 0A000, as directly.
+    pub statement_copies_changed: AtomicU64,
 }
 
 impl Metrics {

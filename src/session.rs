@@ -117,6 +117,9 @@ struct Session<'s> {
     encoding: ClientEncoding,
     /// What the client was told of its settings, and the custom names it used.
     settings: settings::ClientSettings,
+    /// Statement copies prepared afresh on another server, being compared with the
+    /// shape the client's statement was prepared with (transaction mode).
+    copies: statements::Copies,
 }
 
 /// One of the `pool.max_pinned` slots, held by a pinned client; freed on drop.
@@ -239,6 +242,7 @@ pub async fn run_session(
         tenant: client.identity.tenant.as_ref().to_owned(),
         expires: session_deadline(&state.config.auth.jwt, client.identity.exp),
         settings: told,
+        copies: Default::default(),
     };
     let end = session.run(&terminate).await;
     session.finish(end).await
@@ -403,7 +407,21 @@ impl Session<'_> {
                 // the context goes first, then the client's bytes.
                 self.bind().await?;
             }
-            let replacement = self.on_client_message(tag, start, end)?;
+            if let Some(copy) = self.copy_for(tag, start, end) {
+                // The statement is prepared afresh on this server and compared with the
+                // shape the client prepared it with before the message goes on: what
+                // came before it goes first, then the same message is stepped again.
+                self.queue(start);
+                self.to_server.extend_from_slice(&copy);
+                self.extended_open = true;
+                self.await_copy().await?;
+                pos = 0;
+                continue;
+            }
+            let replacement = match self.after_copy(tag) {
+                Some(changed) => Some(changed),
+                None => self.on_client_message(tag, start, end)?,
+            };
             self.check_sync()?;
             pos = match replacement {
                 Some(replacement) => {
@@ -443,6 +461,42 @@ impl Session<'_> {
         }
         self.emit_due_replies().await?;
         Ok(false)
+    }
+
+    /// Sends what is queued and reads the server until the copy's Describe is answered
+    /// (or skipped, after an earlier error): the client's messages wait behind it.
+    async fn await_copy(&mut self) -> Result<(), ClientError> {
+        use tokio::io::AsyncReadExt;
+        while self.pipeline.comparing() {
+            let server = &mut **self.server.as_mut().expect("bound server");
+            if !self.to_server.is_empty() {
+                let written = async {
+                    server.stream.write_all(&self.to_server).await?;
+                    server.stream.flush().await
+                };
+                if let Err(e) = written.await {
+                    server.broken = true;
+                    return Err(ClientError::Upstream(e.into()));
+                }
+                self.to_server.clear();
+            }
+            server.rbuf.reserve(READ_CHUNK);
+            match server.stream.read_buf(&mut server.rbuf).await {
+                Ok(0) => {
+                    server.broken = true;
+                    return Err(ClientError::Upstream(crate::upstream::conn::BackendError::Protocol(
+                        "server closed the connection unexpectedly".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    server.broken = true;
+                    return Err(ClientError::Upstream(e.into()));
+                }
+            }
+            self.on_server_data().await?;
+        }
+        Ok(())
     }
 
     /// Queues the settings again (after the client's RESET ALL / DISCARD ALL).

@@ -103,7 +103,7 @@ type Gauge<'m> = (&'static str, &'static str, &'m AtomicI64);
 /// The Prometheus text exposition of every counter and gauge.
 pub fn render(state: &State) -> String {
     let m: &Metrics = &state.metrics;
-    let counters: [Counter<'_>; 17] = [
+    let counters: [Counter<'_>; 19] = [
         (
             "clients_total",
             "Client connections accepted.",
@@ -184,6 +184,16 @@ pub fn render(state: &State) -> String {
             "idle_timeouts_total",
             "Clients closed by a pool idle limit.",
             &m.idle_timeouts,
+        ),
+        (
+            "statement_copies_total",
+            "Transaction-mode prepared statements prepared again on another server and compared.",
+            &m.statement_copies,
+        ),
+        (
+            "statement_copies_changed_total",
+            "Copies whose result type had changed (the client got 0A000, as directly).",
+            &m.statement_copies_changed,
         ),
     ];
     let gauges: [Gauge<'_>; 2] = [

@@ -94,17 +94,26 @@ impl Session<'_> {
                     return Ok(rewritten);
                 };
                 let mut out = BytesMut::new();
+                let held = crate::upstream::held::Held::Pending(stmt.id);
                 if self.server_mut().statements.has(&stmt.server_name) {
                     // The client's own Parse is always a fresh prepare (as it would be
                     // directly): a cached copy may predate DDL (stale result or
                     // parameter types). Close it first; the CloseComplete is consumed.
                     prepared::put_statement_message(&mut out, fe::CLOSE, &stmt.server_name);
                     self.pipeline.swallow_close();
+                    self.server_mut()
+                        .statements
+                        .replace(&stmt.server_name, held);
                 } else {
-                    self.add_server_statement(&stmt.server_name, &mut out);
+                    self.add_server_statement(&stmt.server_name, held, &mut out);
                 }
                 out.extend_from_slice(&stmt.parse);
-                self.pipeline.client_parse(stmt);
+                self.pipeline.client_parse(stmt.clone());
+                // The proxy's own Describe: the shape every copy of it on another
+                // server must have (`Session::copy_for`); consumed.
+                prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
+                self.pipeline
+                    .describe(stmt, crate::session::pipeline::Described::Parsed);
                 Ok(Some(out))
             }
             fe::BIND => {

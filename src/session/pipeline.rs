@@ -73,6 +73,18 @@ enum Expect {
     /// Not a reply: the client's CopyDone/CopyFail, sent before the server's
     /// CopyInResponse arrived (Syncs queued before it are ignored by the server).
     CopyEnd,
+    /// The proxy's Describe of a client statement (ParameterDescription, then
+    /// RowDescription or NoData): consumed, and read for the statement's shape.
+    Shape(Arc<Statement>, Described),
+}
+
+/// Why the proxy described a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Described {
+    /// Behind the client's own Parse: the shape the client's statement has.
+    Parsed,
+    /// Behind a copy prepared afresh on another server: compared with that shape.
+    Copy,
 }
 
 /// What to do with one server message.
@@ -86,6 +98,8 @@ pub enum Disposition {
     ProxyError {
         critical: bool,
     },
+    /// Part of the proxy's Describe of this statement: consumed, read for its shape.
+    Shape(Arc<Statement>, Described),
 }
 
 /// The queue of expected replies.
@@ -303,6 +317,24 @@ impl Pipeline {
         self.push(Expect::SwallowOne(Reply::Parse, Some(parsed)));
     }
 
+    /// The proxy's Describe of statement `stmt` (see [`Described`]).
+    pub fn describe(&mut self, stmt: Arc<Statement>, why: Described) {
+        self.push(Expect::Shape(stmt, why));
+    }
+
+    /// True while a copy's Describe is unanswered (the session holds the client's
+    /// messages until it compares).
+    pub fn comparing(&self) -> bool {
+        self.q
+            .iter()
+            .any(|e| matches!(e, Expect::Shape(_, Described::Copy)))
+    }
+
+    /// True while the server skips every message up to the next Sync.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
     /// Statements that the server did not prepare after all.
     pub fn take_failed_parses(&mut self) -> Vec<Parsed> {
         std::mem::take(&mut self.failed_parses)
@@ -340,7 +372,7 @@ impl Pipeline {
     pub fn front_is_proxy(&self) -> bool {
         matches!(
             self.q.iter().find(|e| !matches!(e, Expect::CopyEnd)),
-            Some(Expect::Proxy { .. } | Expect::SwallowOne(..))
+            Some(Expect::Proxy { .. } | Expect::SwallowOne(..) | Expect::Shape(..))
         )
     }
 
@@ -378,6 +410,10 @@ impl Pipeline {
             // A failing injected Parse/Close: the client must see why its statement failed.
             Expect::SwallowOne(..) if tag == be::ERROR_RESPONSE => Disposition::Forward,
             Expect::SwallowOne(..) => Disposition::Swallow,
+            // The statement's own error came first; this one is the client's to see.
+            Expect::Shape(..) if tag == be::ERROR_RESPONSE => Disposition::Forward,
+            Expect::Shape(..) if is_async(tag) => Disposition::Forward,
+            Expect::Shape(stmt, why) => Disposition::Shape(stmt.clone(), *why),
         };
         if is_async(tag) {
             return disposition;
@@ -408,6 +444,7 @@ impl Pipeline {
             Some(Expect::Client(r, _) | Expect::SwallowOne(r, _) | Expect::Refused(r, ..)) => {
                 r.is_terminal(tag)
             }
+            Some(Expect::Shape(..)) => Reply::Describe.is_terminal(tag),
             Some(Expect::Proxy { .. }) => tag == be::READY_FOR_QUERY,
             _ => false,
         };

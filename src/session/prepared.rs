@@ -8,15 +8,19 @@
 //! 26000, as PostgreSQL would).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, BytesMut};
 
+use crate::upstream::held::Shape;
 use crate::wire::protocol::{self, frontend as fe};
 
 /// One statement as the server knows it.
 #[derive(Debug)]
 pub struct Statement {
+    /// Unique in the process: tells this Parse from another of the same text.
+    pub id: u64,
     pub server_name: String,
     /// The Parse message under the server name.
     pub parse: BytesMut,
@@ -24,12 +28,50 @@ pub struct Statement {
     pub prepared_at: std::time::SystemTime,
     /// The client's own Parse, when rlsgate rewrote its text (scoped views, channels).
     pub original: Option<BytesMut>,
+    /// What the server said of it when the client prepared it (the proxy's own
+    /// Describe behind the client's Parse): any server's copy must match it.
+    pub shape: OnceLock<Arc<Shape>>,
 }
+
+/// A statement is its Parse: two are the same when they are one Parse.
+impl PartialEq for Statement {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Statement {}
+
+/// Statement ids (0 is never one).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Statement {
     /// The Parse as the client sent it (its name is the client's or the server's).
     pub fn client_parse(&self) -> &[u8] {
         self.original.as_deref().unwrap_or(&self.parse)
+    }
+
+    /// The Parse under the server name with the parameter types given explicitly: a
+    /// copy prepared on another server takes the types this one was prepared with.
+    pub fn parse_with_types(&self, types: &[u32]) -> BytesMut {
+        let body = protocol::body(&self.parse);
+        let mut pos = 0;
+        let _ = protocol::read_cstr(body, &mut pos);
+        let start = pos;
+        let query_end = body[pos..].iter().position(|b| *b == 0).map_or(body.len(), |n| pos + n + 1);
+        let query = &body[start..query_end];
+        let len = 4 + self.server_name.len() + 1 + query.len() + 2 + 4 * types.len();
+        let mut out = BytesMut::with_capacity(1 + len);
+        out.put_u8(fe::PARSE);
+        out.put_i32(len as i32);
+        out.put_slice(self.server_name.as_bytes());
+        out.put_u8(0);
+        out.put_slice(query);
+        out.put_u16(types.len() as u16);
+        for t in types {
+            out.put_u32(*t);
+        }
+        out
     }
 }
 
@@ -116,10 +158,12 @@ impl ClientStatements {
         parse.put_u8(0);
         parse.put_slice(rest);
         let stmt = Arc::new(Statement {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             server_name,
             parse,
             prepared_at: std::time::SystemTime::now(),
             original: original.map(BytesMut::from),
+            shape: OnceLock::new(),
         });
         self.map.insert(name.to_owned(), stmt.clone());
         Some(stmt)
@@ -265,5 +309,26 @@ mod tests {
         let mut unnamed = BytesMut::new();
         protocol::put_parse(&mut unnamed, "", "SELECT 1");
         assert!(cs.on_parse(&unnamed, None).is_none());
+        assert_ne!(sa.id, sb.id, "each Parse is its own statement");
+    }
+
+    #[test]
+    fn parse_with_types_keeps_name_and_text() {
+        let mut a = BytesMut::new();
+        protocol::put_parse(&mut a, "s1", "INSERT INTO t VALUES ($1, $2)");
+        let stmt = ClientStatements::default().on_parse(&a, None).unwrap();
+        let typed = stmt.parse_with_types(&[23, 25]);
+        assert_eq!(parameter_types(&typed), vec![23, 25]);
+        let body = protocol::body(&typed);
+        let mut pos = 0;
+        assert_eq!(protocol::read_cstr(body, &mut pos), Some(&stmt.server_name[..]));
+        assert_eq!(
+            protocol::read_cstr(body, &mut pos),
+            Some("INSERT INTO t VALUES ($1, $2)")
+        );
+        assert_eq!(
+            i32::from_be_bytes(typed[1..5].try_into().unwrap()) as usize,
+            typed.len() - 1
+        );
     }
 }

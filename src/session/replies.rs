@@ -144,6 +144,16 @@ impl Session<'_> {
                     }
                     self.proxy_error = Some(fields);
                 }
+                Disposition::Shape(stmt, why) => {
+                    if tag == be::PARAMETER_DESCRIPTION {
+                        self.copies.params = Some(msg[protocol::HEADER_LEN..].to_vec());
+                    } else {
+                        let params = self.copies.params.take().unwrap_or_default();
+                        let shape = crate::upstream::held::Shape::from_describe(&params, msg);
+                        let shape = shape.map(std::sync::Arc::new);
+                        super::statements::on_shape(&mut self.copies, statements, &stmt, why, shape);
+                    }
+                }
                 Disposition::Forward if held => {
                     // Held back (see above): dropped here, announced when settled.
                 }

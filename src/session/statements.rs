@@ -2,15 +2,60 @@
 //! it prepared itself (anything else is answered with 26000, as directly), renamed to
 //! their server-side names; statements missing on the bound server are prepared ahead.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
 use super::Session;
 use crate::config::PoolMode;
 use crate::session::error::ClientError;
-use crate::session::pipeline::Reply;
-use crate::session::prepared;
+use crate::session::pipeline::{Described, Reply};
+use crate::session::prepared::{self, Statement};
 use crate::sql::encoding::Reading;
-use crate::wire::protocol::frontend as fe;
+use crate::upstream::held::{Held, ServerStatements, Shape};
+use crate::wire::protocol::{self, frontend as fe};
+
+/// The proxy's Describes of statements (transaction mode): the shape each client
+/// statement was prepared with, and copies prepared afresh on another server compared
+/// with it (see [`Session::copy_for`]).
+#[derive(Debug, Default)]
+pub(super) struct Copies {
+    /// The ParameterDescription body of the Describe being read.
+    pub params: Option<Vec<u8>>,
+    /// The copy just compared, and whether its shape is the statement's.
+    pub compared: Option<(Arc<Statement>, bool)>,
+}
+
+/// SQLSTATE and message of PostgreSQL for a statement whose result DDL changed.
+const RESULT_CHANGED: (&str, &str) = ("0A000", "cached plan must not change result type");
+
+/// The proxy's Describe of `stmt` on the bound server was answered with `shape`.
+pub(super) fn on_shape(
+    copies: &mut Copies,
+    server: &mut ServerStatements,
+    stmt: &Arc<Statement>,
+    why: Described,
+    shape: Option<Arc<Shape>>,
+) {
+    match (why, shape) {
+        (Described::Parsed, Some(shape)) => {
+            server.described(&stmt.server_name, stmt.id, &shape);
+            let _ = stmt.shape.set(shape);
+        }
+        // Unreadable (not from PostgreSQL): nothing to compare it with later.
+        (Described::Parsed, None) => {}
+        (Described::Copy, shape) => {
+            let same = match (&shape, stmt.shape.get()) {
+                (Some(copy), Some(own)) => copy == own,
+                _ => true,
+            };
+            if let Some(shape) = shape {
+                server.replace(&stmt.server_name, Held::Known(shape));
+            }
+            copies.compared = Some((stmt.clone(), same));
+        }
+    }
+}
 
 impl Session<'_> {
     /// A Bind runs a statement parsed maybe in an earlier transaction, on another
@@ -43,13 +88,18 @@ impl Session<'_> {
     }
 
     /// Records a statement as prepared on the bound server, closing an evicted one.
-    pub(super) fn add_server_statement(&mut self, server_name: &str, out: &mut BytesMut) {
+    pub(super) fn add_server_statement(
+        &mut self,
+        server_name: &str,
+        held: Held,
+        out: &mut BytesMut,
+    ) {
         if self.server_mut().statements.uncertain() {
             // It may be there after all (a DEALLOCATE ALL that failed): Close first.
             prepared::put_statement_message(out, fe::CLOSE, server_name);
             self.pipeline.swallow_close();
         }
-        if let Some(evicted) = self.server_mut().statements.add(server_name) {
+        if let Some(evicted) = self.server_mut().statements.add(server_name, held) {
             prepared::put_statement_message(out, fe::CLOSE, &evicted);
             self.pipeline.swallow_close();
         }
@@ -92,12 +142,93 @@ impl Session<'_> {
     }
 
     /// Makes sure the bound server has statement `stmt` (queues its Parse ahead if not).
+    /// Where its shape is known, [`Session::copy_for`] has made sure already; this is
+    /// for statements of unknown shape and servers skipping to a Sync.
     pub(super) fn ensure_statement(&mut self, stmt: &prepared::Statement, out: &mut BytesMut) {
         if !self.server_mut().statements.has(&stmt.server_name) {
-            self.add_server_statement(&stmt.server_name, out);
+            self.add_server_statement(&stmt.server_name, Held::Pending(stmt.id), out);
             out.extend_from_slice(&stmt.parse);
             self.pipeline.swallow_parse(stmt.server_name.clone());
         }
+    }
+
+    /// Transaction mode: a Bind or Describe of a named statement whose copy on the
+    /// bound server may not be the statement the client prepared: the server lacks it,
+    /// or holds the text with another shape (prepared by another client of the tenant
+    /// before or after DDL changed it). PostgreSQL keeps a statement's parameter types
+    /// and fails it with 0A000 once its result changed; so the copy is prepared afresh
+    /// with the statement's parameter types and described, and the message waits until
+    /// the Describe compares (`Copies::compared`): the messages returned here go first,
+    /// then the session steps the same message again.
+    pub(super) fn copy_for(&mut self, tag: u8, start: usize, end: usize) -> Option<BytesMut> {
+        if self.mode != PoolMode::Transaction || self.pipeline.skipping() {
+            // A server skipping to a Sync skips the message and its copy alike.
+            return None;
+        }
+        let msg = &self.cbuf[start..end];
+        let name = match tag {
+            fe::BIND => prepared::bind_statement(msg)?.1,
+            fe::DESCRIBE => match prepared::target(msg)? {
+                (b'S', name) => name,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if name.is_empty() {
+            return None;
+        }
+        let stmt = self.statements.get(name)?.clone();
+        if self
+            .copies
+            .compared
+            .as_ref()
+            .is_some_and(|(s, _)| Arc::ptr_eq(s, &stmt))
+        {
+            return None; // compared just now
+        }
+        let shape = stmt.shape.get()?.clone();
+        let mut out = BytesMut::new();
+        let server = &mut self.server_mut().statements;
+        match server.get(&stmt.server_name) {
+            Some(Held::Pending(id)) if *id == stmt.id => return None,
+            Some(Held::Known(held)) if **held == *shape => return None,
+            Some(_) => {
+                prepared::put_statement_message(&mut out, fe::CLOSE, &stmt.server_name);
+                self.pipeline.swallow_close();
+                self.server_mut()
+                    .statements
+                    .replace(&stmt.server_name, Held::Pending(0));
+            }
+            None => self.add_server_statement(&stmt.server_name, Held::Pending(0), &mut out),
+        }
+        out.extend_from_slice(&stmt.parse_with_types(&shape.params));
+        self.pipeline.swallow_parse(stmt.server_name.clone());
+        prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
+        self.pipeline.describe(stmt, Described::Copy);
+        protocol::put_flush(&mut out);
+        crate::metrics::Metrics::inc(&self.state.metrics.statement_copies);
+        Some(out)
+    }
+
+    /// The message stepped again after its copy compared: `None` when it goes on as
+    /// usual, else what PostgreSQL answers for a statement whose result changed (a
+    /// Describe tells the parameters first, as directly).
+    pub(super) fn after_copy(&mut self, tag: u8) -> Option<BytesMut> {
+        let (stmt, same) = self.copies.compared.take()?;
+        if same {
+            return None;
+        }
+        crate::metrics::Metrics::inc(&self.state.metrics.statement_copies_changed);
+        self.extended_open = true;
+        if tag == fe::DESCRIBE {
+            let mut t = BytesMut::new();
+            let params = stmt.shape.get().map(|s| &s.params[..]).unwrap_or(&[]);
+            protocol::put_parameter_description(&mut t, params);
+            self.pipeline.synthetic(t);
+        }
+        let own = Some(self.marker.clone());
+        let (code, message) = RESULT_CHANGED;
+        Some(self.marker_statement(fe::PARSE, own, code, message.to_owned()))
     }
 
     /// Transaction mode: a client reaches only the statements it prepared itself, under

@@ -43,6 +43,7 @@ pub mod backend {
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const COMMAND_COMPLETE: u8 = b'C';
     pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
 }
 
 /// Transaction status carried by ReadyForQuery.
@@ -408,7 +409,6 @@ pub fn with_sql(msg: &[u8], sql: &str) -> Option<BytesMut> {
     Some(out)
 }
 
-/// Appends Sync.
 /// Appends CommandComplete with `tag` (e.g. `DEALLOCATE`).
 pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
     let start = begin(buf, backend::COMMAND_COMPLETE);
@@ -416,9 +416,26 @@ pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
     finish(buf, start);
 }
 
+/// Appends Sync.
 pub fn put_sync(buf: &mut BytesMut) {
     buf.put_u8(frontend::SYNC);
     buf.put_i32(4);
+}
+
+/// Appends Flush (the server sends what it has, no Sync needed).
+pub fn put_flush(buf: &mut BytesMut) {
+    buf.put_u8(frontend::FLUSH);
+    buf.put_i32(4);
+}
+
+/// Appends ParameterDescription with `types`.
+pub fn put_parameter_description(buf: &mut BytesMut, types: &[u32]) {
+    let start = begin(buf, backend::PARAMETER_DESCRIPTION);
+    buf.put_u16(types.len() as u16);
+    for t in types {
+        buf.put_u32(*t);
+    }
+    finish(buf, start);
 }
 
 /// Appends Terminate.
