@@ -88,7 +88,10 @@ async fn both(
 ) -> (Vec<RawMessage>, Vec<RawMessage>) {
     through.send(bytes).await;
     direct.send(bytes).await;
-    (through.until_ready(syncs).await, direct.until_ready(syncs).await)
+    (
+        through.until_ready(syncs).await,
+        direct.until_ready(syncs).await,
+    )
 }
 
 /// The column type OIDs of the RowDescription in `msgs`, if any.
@@ -101,7 +104,9 @@ fn column_types(msgs: &[RawMessage]) -> Vec<u32> {
     let mut out = Vec::new();
     for _ in 0..n {
         pos += body[pos..].iter().position(|b| *b == 0).unwrap() + 1;
-        out.push(u32::from_be_bytes(body[pos + 6..pos + 10].try_into().unwrap()));
+        out.push(u32::from_be_bytes(
+            body[pos + 6..pos + 10].try_into().unwrap(),
+        ));
         pos += 18;
     }
     out
@@ -173,13 +178,21 @@ async fn a_changed_result_fails_as_directly_on_every_server() {
             assert_eq!(summarize(&t), summarize(&d), "{mode:?} round {round}: run");
             let (t, d) = both(&mut a, &mut direct, &describe("s1"), 1).await;
             assert_eq!(summarize(&d), vec!["t", CHANGED, "Z I"], "directly");
-            assert_eq!(summarize(&t), summarize(&d), "{mode:?} round {round}: describe");
+            assert_eq!(
+                summarize(&t),
+                summarize(&d),
+                "{mode:?} round {round}: describe"
+            );
             // Pipelined: two runs and a describe in one write.
             let mut many = run("s1", &[]);
             many.extend_from_slice(&run("s1", &[]));
             many.extend_from_slice(&describe("s1"));
             let (t, d) = both(&mut a, &mut direct, &many, 3).await;
-            assert_eq!(summarize(&t), summarize(&d), "{mode:?} round {round}: pipelined");
+            assert_eq!(
+                summarize(&t),
+                summarize(&d),
+                "{mode:?} round {round}: pipelined"
+            );
             if held {
                 holder.simple_query("COMMIT").await.unwrap();
             }
@@ -195,7 +208,11 @@ async fn a_changed_result_fails_as_directly_on_every_server() {
                 holder.simple_query("BEGIN").await.unwrap();
             }
             let (t, d) = both(&mut a, &mut direct, &run("s1", &[]), 1).await;
-            assert_eq!(summarize(&t), summarize(&d), "{mode:?} round {round}: new shape");
+            assert_eq!(
+                summarize(&t),
+                summarize(&d),
+                "{mode:?} round {round}: new shape"
+            );
             assert_eq!(data_rows(&t), vec![vec!["1", "10"], vec!["2", "20"]]);
             if round == 1 {
                 holder.simple_query("COMMIT").await.unwrap();
@@ -203,15 +220,24 @@ async fn a_changed_result_fails_as_directly_on_every_server() {
         }
         if mode == PoolMode::Transaction {
             let m = &env.proxy.state.metrics;
-            assert!(Metrics::get(&m.statement_copies) > 0, "copies were compared");
-            assert!(Metrics::get(&m.statement_copies_changed) > 0, "and found changed");
+            assert!(
+                Metrics::get(&m.statement_copies) > 0,
+                "copies were compared"
+            );
+            assert!(
+                Metrics::get(&m.statement_copies_changed) > 0,
+                "and found changed"
+            );
         }
         // The next tenant on these servers: its own rows, its own shape.
         let mut g = Raw::connect(env.port(), "g", &env.token("globex")).await;
         g.send(&prepare("s1", sql)).await;
         assert_eq!(column_types(&g.until_ready(1).await), vec![23, 25]);
         g.send(&run("s1", &[])).await;
-        assert!(data_rows(&g.until_ready(1).await).is_empty(), "{mode:?}: globex");
+        assert!(
+            data_rows(&g.until_ready(1).await).is_empty(),
+            "{mode:?}: globex"
+        );
         g.send(&prepare("all", "SELECT id, v FROM shapes")).await;
         g.until_ready(1).await;
         g.send(&run("all", &[])).await;

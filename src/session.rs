@@ -258,9 +258,11 @@ impl Session<'_> {
         }
         loop {
             let event = match self.idle_limit() {
-                None => self.next_event(cancelled.as_mut()).await?,
+                None => self.next_event(Some(cancelled.as_mut())).await?,
                 Some((kind, limit)) => {
-                    match tokio::time::timeout(limit, self.next_event(cancelled.as_mut())).await {
+                    match tokio::time::timeout(limit, self.next_event(Some(cancelled.as_mut())))
+                        .await
+                    {
                         Ok(event) => event?,
                         Err(_) => return Ok(End::Idle(kind, limit)),
                     }
@@ -304,10 +306,14 @@ impl Session<'_> {
     /// Waits for the next thing to do: write queued bytes to the server, read the
     /// server, read the client (only when nothing is queued for the server, which gives
     /// backpressure), or shutdown.
+    ///
+    /// Without `cancelled` (the wait for a statement copy, `await_copy`) the client is
+    /// not read and shutdown waits for the server's answer.
     async fn next_event(
         &mut self,
-        mut cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        mut cancelled: Option<std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>>,
     ) -> Result<Event, ClientError> {
+        let read_client = cancelled.is_some();
         let Session {
             client,
             cbuf,
@@ -316,8 +322,10 @@ impl Session<'_> {
             ..
         } = self;
         poll_fn(|cx| {
-            if cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Event::Terminate));
+            if let Some(cancelled) = cancelled.as_mut() {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Terminate));
+                }
             }
             if let Some(srv) = server.as_mut() {
                 let srv = &mut **srv;
@@ -349,7 +357,7 @@ impl Session<'_> {
                     Poll::Pending => {}
                 }
             }
-            if to_server.is_empty() {
+            if to_server.is_empty() && read_client {
                 cbuf.reserve(READ_CHUNK);
                 match poll_read_buf(std::pin::Pin::new(&mut *client), cx, cbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientEof)),
@@ -466,35 +474,22 @@ impl Session<'_> {
     /// Sends what is queued and reads the server until the copy's Describe is answered
     /// (or skipped, after an earlier error): the client's messages wait behind it.
     async fn await_copy(&mut self) -> Result<(), ClientError> {
-        use tokio::io::AsyncReadExt;
         while self.pipeline.comparing() {
-            let server = &mut **self.server.as_mut().expect("bound server");
-            if !self.to_server.is_empty() {
-                let written = async {
-                    server.stream.write_all(&self.to_server).await?;
-                    server.stream.flush().await
-                };
-                if let Err(e) = written.await {
-                    server.broken = true;
-                    return Err(ClientError::Upstream(e.into()));
+            // Writes and reads together: the server may be sending replies to what came
+            // before while it reads the rest.
+            match self.next_event(None).await? {
+                Event::ServerData => self.on_server_data().await?,
+                Event::ServerWritten => {}
+                Event::ServerEof => {
+                    return Err(ClientError::Upstream(
+                        crate::upstream::conn::BackendError::Protocol(
+                            "server closed the connection unexpectedly".into(),
+                        ),
+                    ))
                 }
-                self.to_server.clear();
+                // Not produced without `cancelled`: the client is not read meanwhile.
+                Event::ClientData | Event::ClientEof | Event::Terminate => {}
             }
-            server.rbuf.reserve(READ_CHUNK);
-            match server.stream.read_buf(&mut server.rbuf).await {
-                Ok(0) => {
-                    server.broken = true;
-                    return Err(ClientError::Upstream(crate::upstream::conn::BackendError::Protocol(
-                        "server closed the connection unexpectedly".into(),
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    server.broken = true;
-                    return Err(ClientError::Upstream(e.into()));
-                }
-            }
-            self.on_server_data().await?;
         }
         Ok(())
     }

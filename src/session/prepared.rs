@@ -58,7 +58,10 @@ impl Statement {
         let mut pos = 0;
         let _ = protocol::read_cstr(body, &mut pos);
         let start = pos;
-        let query_end = body[pos..].iter().position(|b| *b == 0).map_or(body.len(), |n| pos + n + 1);
+        let query_end = body[pos..]
+            .iter()
+            .position(|b| *b == 0)
+            .map_or(body.len(), |n| pos + n + 1);
         let query = &body[start..query_end];
         let len = 4 + self.server_name.len() + 1 + query.len() + 2 + 4 * types.len();
         let mut out = BytesMut::with_capacity(1 + len);
@@ -321,7 +324,10 @@ mod tests {
         assert_eq!(parameter_types(&typed), vec![23, 25]);
         let body = protocol::body(&typed);
         let mut pos = 0;
-        assert_eq!(protocol::read_cstr(body, &mut pos), Some(&stmt.server_name[..]));
+        assert_eq!(
+            protocol::read_cstr(body, &mut pos),
+            Some(&stmt.server_name[..])
+        );
         assert_eq!(
             protocol::read_cstr(body, &mut pos),
             Some("INSERT INTO t VALUES ($1, $2)")

@@ -151,7 +151,13 @@ impl Session<'_> {
                         let params = self.copies.params.take().unwrap_or_default();
                         let shape = crate::upstream::held::Shape::from_describe(&params, msg);
                         let shape = shape.map(std::sync::Arc::new);
-                        super::statements::on_shape(&mut self.copies, statements, &stmt, why, shape);
+                        super::statements::on_shape(
+                            &mut self.copies,
+                            statements,
+                            &stmt,
+                            why,
+                            shape,
+                        );
                     }
                 }
                 Disposition::Forward if held => {

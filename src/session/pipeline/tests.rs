@@ -299,3 +299,83 @@ fn an_extended_copy_whose_sync_was_ignored_keeps_its_batch_open() {
     p.on_message(b'Z');
     assert!(p.is_empty() && !p.batch_open());
 }
+
+fn statement(text: &str) -> Arc<Statement> {
+    let mut parse = BytesMut::new();
+    crate::wire::protocol::put_parse(&mut parse, "s1", text);
+    crate::session::prepared::ClientStatements::default()
+        .on_parse(&parse, None)
+        .expect("named")
+}
+
+#[test]
+fn the_proxys_describe_is_read_for_the_shape_and_consumed() {
+    let mut p = Pipeline::default();
+    let s = statement("SELECT 1");
+    p.client_parse(s.clone());
+    p.describe(s.clone(), Described::Parsed);
+    p.sync();
+    assert!(!p.comparing(), "a client Parse's Describe holds nothing");
+    assert_eq!(p.on_message(b'1'), Disposition::Forward);
+    assert!(p.front_is_proxy(), "the ParameterDescription is read whole");
+    assert_eq!(
+        p.on_message(b't'),
+        Disposition::Shape(s.clone(), Described::Parsed)
+    );
+    // A notice amid it is the client's.
+    assert_eq!(p.on_message(b'N'), Disposition::Forward);
+    assert_eq!(p.on_message(b'T'), Disposition::Shape(s, Described::Parsed));
+    assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+    assert!(p.is_empty());
+}
+
+#[test]
+fn a_failed_parse_takes_its_describe_along() {
+    let mut p = Pipeline::default();
+    let s = statement("SELECT nothing");
+    p.client_parse(s.clone());
+    p.describe(s, Described::Parsed);
+    p.client(Reply::Bind);
+    p.sync();
+    assert_eq!(p.on_message(b'E'), Disposition::Forward);
+    assert_eq!(p.take_failed_parses().len(), 1);
+    assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+    assert!(p.is_empty());
+}
+
+#[test]
+fn a_copy_compares_until_answered_or_skipped() {
+    // Answered: ParseComplete and the shape are consumed.
+    let mut p = Pipeline::default();
+    let s = statement("SELECT 1");
+    p.swallow_parse(s.server_name.clone());
+    p.describe(s.clone(), Described::Copy);
+    assert!(p.comparing());
+    assert_eq!(p.on_message(b'1'), Disposition::Swallow);
+    assert_eq!(
+        p.on_message(b't'),
+        Disposition::Shape(s.clone(), Described::Copy)
+    );
+    assert!(p.comparing());
+    assert_eq!(
+        p.on_message(b'n'),
+        Disposition::Shape(s.clone(), Described::Copy)
+    );
+    assert!(!p.comparing());
+    assert!(p.is_empty());
+    // Behind a client message that fails: skipped with it, the server skips to a Sync.
+    let mut p = Pipeline::default();
+    p.client(Reply::Execute);
+    p.swallow_parse(s.server_name.clone());
+    p.describe(s.clone(), Described::Copy);
+    assert_eq!(p.on_message(b'E'), Disposition::Forward);
+    assert!(!p.comparing());
+    assert!(p.skipping());
+    assert_eq!(p.take_failed_parses().len(), 1);
+    // The copy's own Parse fails (the table is gone): the client sees why.
+    let mut p = Pipeline::default();
+    p.swallow_parse(s.server_name.clone());
+    p.describe(s, Described::Copy);
+    assert_eq!(p.on_message(b'E'), Disposition::Forward);
+    assert!(!p.comparing() && p.skipping());
+}
