@@ -123,6 +123,14 @@ fn parameter_types(msgs: &[RawMessage]) -> Vec<u32> {
         .collect()
 }
 
+/// The file and routine fields of an ErrorResponse body.
+fn origin(body: &[u8]) -> Vec<String> {
+    body.split(|b| *b == 0)
+        .filter(|f| matches!(f.first(), Some(b'F' | b'R')))
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect()
+}
+
 const CHANGED: &str = "E 0A000 cached plan must not change result type";
 
 /// After `ALTER TABLE ... TYPE` changed a prepared statement's result, every run and
@@ -176,6 +184,8 @@ async fn a_changed_result_fails_as_directly_on_every_server() {
             let (t, d) = both(&mut a, &mut direct, &run("s1", &[]), 1).await;
             assert_eq!(summarize(&d), vec![CHANGED, "Z I"], "directly");
             assert_eq!(summarize(&t), summarize(&d), "{mode:?} round {round}: run");
+            // Drivers read where the error comes from (asyncpg re-prepares on it).
+            assert_eq!(origin(&t[0].1), origin(&d[0].1), "{mode:?} round {round}");
             let (t, d) = both(&mut a, &mut direct, &describe("s1"), 1).await;
             assert_eq!(summarize(&d), vec!["t", CHANGED, "Z I"], "directly");
             assert_eq!(

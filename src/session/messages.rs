@@ -524,12 +524,24 @@ impl Session<'_> {
         code: &'static str,
         message: String,
     ) -> BytesMut {
+        self.marker_statement_as(tag, name, code, message, &[])
+    }
+
+    /// [`Session::marker_statement`] whose error carries `extras` too.
+    pub(super) fn marker_statement_as(
+        &mut self,
+        tag: u8,
+        name: Option<String>,
+        code: &'static str,
+        message: String,
+        extras: crate::session::pipeline::ErrorExtras,
+    ) -> BytesMut {
         let reply = if tag == fe::QUERY {
             Reply::UntilReady
         } else {
             Reply::Parse
         };
-        self.pipeline.refused(reply, code, message);
+        self.pipeline.refused_as(reply, code, message, extras);
         let sql = format!("SELECT {}.refused", self.marker);
         let mut out = BytesMut::new();
         if tag == fe::QUERY {

@@ -69,7 +69,7 @@ enum Expect {
     /// A refused client message, replaced by a marker statement that fails at the same
     /// point: its ErrorResponse is swapped for this SQLSTATE and message. Tied to its
     /// place in the pipeline, so a marker the server skips takes its refusal with it.
-    Refused(Reply, &'static str, String),
+    Refused(Reply, &'static str, String, ErrorExtras),
     /// Not a reply: the client's CopyDone/CopyFail, sent before the server's
     /// CopyInResponse arrived (Syncs queued before it are ignored by the server).
     CopyEnd,
@@ -87,13 +87,17 @@ pub enum Described {
     Copy,
 }
 
+/// Fields of an ErrorResponse the proxy writes beyond severity, SQLSTATE and message
+/// (e.g. `R`, the routine PostgreSQL names: drivers such as asyncpg act on it).
+pub type ErrorExtras = &'static [(u8, &'static str)];
+
 /// What to do with one server message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Disposition {
     Forward,
     Swallow,
     /// The marker error of a refused message: send this refusal instead.
-    Refuse(&'static str, String),
+    Refuse(&'static str, String, ErrorExtras),
     /// An ErrorResponse answering a proxy statement.
     ProxyError {
         critical: bool,
@@ -262,7 +266,18 @@ impl Pipeline {
 
     /// A refused message's marker (see `Expect::Refused`).
     pub fn refused(&mut self, reply: Reply, code: &'static str, message: String) {
-        self.push(Expect::Refused(reply, code, message));
+        self.push(Expect::Refused(reply, code, message, &[]));
+    }
+
+    /// A refused message's marker whose error carries `extras` too.
+    pub fn refused_as(
+        &mut self,
+        reply: Reply,
+        code: &'static str,
+        message: String,
+        extras: ErrorExtras,
+    ) {
+        self.push(Expect::Refused(reply, code, message, extras));
     }
 
     /// The client's Parse of its named statement `stmt`.
@@ -395,8 +410,8 @@ impl Pipeline {
             return Disposition::Forward;
         };
         let disposition = match front {
-            Expect::Refused(_, code, message) if tag == be::ERROR_RESPONSE => {
-                Disposition::Refuse(code, message.clone())
+            Expect::Refused(_, code, message, extras) if tag == be::ERROR_RESPONSE => {
+                Disposition::Refuse(code, message.clone(), extras)
             }
             Expect::Client(..) | Expect::Refused(..) | Expect::Synthetic(..) | Expect::CopyEnd => {
                 Disposition::Forward

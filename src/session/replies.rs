@@ -114,11 +114,11 @@ impl Session<'_> {
                 }
             }
             match disposition {
-                Disposition::Refuse(code, refusal) => {
+                Disposition::Refuse(code, refusal, extras) => {
                     // The marker's error: the client sees the refusal in its place.
                     write_client(&mut self.client, &buf[sent..start]).await?;
                     let mut err = BytesMut::new();
-                    protocol::put_error(&mut err, Severity::Error, code, &refusal);
+                    protocol::put_error_with(&mut err, Severity::Error, code, &refusal, extras);
                     write_client(&mut self.client, &err).await?;
                     sent = end;
                     continue;

@@ -26,8 +26,12 @@ pub(super) struct Copies {
     pub compared: Option<(Arc<Statement>, bool)>,
 }
 
-/// SQLSTATE and message of PostgreSQL for a statement whose result DDL changed.
+/// SQLSTATE and message of PostgreSQL for a statement whose result DDL changed, and
+/// where it says it comes from (asyncpg re-prepares on `R` = RevalidateCachedQuery,
+/// treating any other 0A000 as a plain error).
 const RESULT_CHANGED: (&str, &str) = ("0A000", "cached plan must not change result type");
+const RESULT_CHANGED_FROM: crate::session::pipeline::ErrorExtras =
+    &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")];
 
 /// The proxy's Describe of `stmt` on the bound server was answered with `shape`.
 pub(super) fn on_shape(
@@ -228,7 +232,13 @@ impl Session<'_> {
         }
         let own = Some(self.marker.clone());
         let (code, message) = RESULT_CHANGED;
-        Some(self.marker_statement(fe::PARSE, own, code, message.to_owned()))
+        Some(self.marker_statement_as(
+            fe::PARSE,
+            own,
+            code,
+            message.to_owned(),
+            RESULT_CHANGED_FROM,
+        ))
     }
 
     /// Transaction mode: a client reaches only the statements it prepared itself, under

@@ -275,14 +275,26 @@ impl Severity {
 
 /// Appends an ErrorResponse with severity, SQLSTATE and message.
 pub fn put_error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    put_error_with(buf, severity, code, message, &[]);
+}
+
+/// Appends ErrorResponse with more fields after the message (`(b'F', "plancache.c")`).
+pub fn put_error_with(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    extras: &[(u8, &str)],
+) {
     let start = begin(buf, b'E');
-    for (field, value) in [
+    let fields = [
         (b'S', severity.as_str()),
         (b'V', severity.as_str()),
         (b'C', code),
         (b'M', message),
-    ] {
-        buf.put_u8(field);
+    ];
+    for (field, value) in fields.iter().chain(extras) {
+        buf.put_u8(*field);
         put_cstr(buf, value);
     }
     buf.put_u8(0);
