@@ -32,6 +32,7 @@ mod redteam4;
 mod redteam5;
 mod redteam6;
 mod redteam7;
+mod redteam8;
 mod restart;
 mod sealed;
 mod security;
