@@ -511,6 +511,12 @@ impl Session<'_> {
         for (name, stmt) in self.pipeline.take_unclosed() {
             self.statements.restore(name, stmt);
         }
+        if self.pipeline.take_skipped_close() {
+            // A Close of the proxy's skipped (queued while the server skips to a Sync).
+            if let Some(server) = self.server.as_mut() {
+                server.statements.forget_all();
+            }
+        }
         match self.pipeline.take_skipped_proxy() {
             None => Ok(()),
             Some(true) => Err(ClientError::ContextFailed(

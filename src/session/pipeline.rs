@@ -136,6 +136,9 @@ pub struct Pipeline {
     unclosed: Vec<(String, Arc<Statement>)>,
     /// The running COPY was started by an extended-protocol Execute.
     copy_extended: bool,
+    /// A Close of the proxy's own (ahead of a Parse, of an evicted statement) that the
+    /// server skipped: it may still hold statements rlsgate thinks are gone.
+    skipped_close: bool,
     /// A Sync of an extended COPY's batch was ignored in copy mode: the server keeps the
     /// batch (and its implicit transaction) open until the client's next Sync, even
     /// when every reply has come.
@@ -173,6 +176,7 @@ impl Pipeline {
                     self.failed_parses.push(parsed)
                 }
                 Expect::Synthetic(_, Some(closed)) => self.unclosed.push(closed),
+                Expect::SwallowOne(Reply::Close, _) => self.skipped_close = true,
                 _ => {}
             }
             return false;
@@ -350,6 +354,11 @@ impl Pipeline {
         self.skipping
     }
 
+    /// True once after a proxy Close was skipped (see `skipped_close`).
+    pub fn take_skipped_close(&mut self) -> bool {
+        std::mem::take(&mut self.skipped_close)
+    }
+
     /// Statements that the server did not prepare after all.
     pub fn take_failed_parses(&mut self) -> Vec<Parsed> {
         std::mem::take(&mut self.failed_parses)
@@ -500,6 +509,7 @@ impl Pipeline {
                             self.desync = Some("a reset of the server was skipped");
                         }
                         Some(Expect::Synthetic(_, Some(closed))) => self.unclosed.push(closed),
+                        Some(Expect::SwallowOne(Reply::Close, _)) => self.skipped_close = true,
                         _ => {}
                     }
                 }

@@ -106,6 +106,11 @@ impl Session<'_> {
                     self.settings.forwarded(n, v);
                 }
             }
+            if self.pipeline.take_skipped_close() {
+                // What the server holds is no longer known: every Parse of the proxy's
+                // is preceded by a Close from now on.
+                statements.forget_all();
+            }
             for failed in self.pipeline.take_failed_parses() {
                 // As directly: a statement whose Parse failed or was skipped does not exist.
                 statements.remove(&failed.server);

@@ -379,3 +379,23 @@ fn a_copy_compares_until_answered_or_skipped() {
     assert_eq!(p.on_message(b'E'), Disposition::Forward);
     assert!(!p.comparing() && p.skipping());
 }
+
+#[test]
+fn a_skipped_proxy_close_is_reported_once() {
+    // Dropped behind an error.
+    let mut p = Pipeline::default();
+    p.client(Reply::Execute);
+    p.swallow_close();
+    p.swallow_parse("rlsgate_x".into());
+    assert_eq!(p.on_message(b'E'), Disposition::Forward);
+    assert!(p.take_skipped_close());
+    assert!(!p.take_skipped_close());
+    // Queued while the server skips.
+    p.swallow_close();
+    assert!(p.take_skipped_close());
+    // Answered: nothing to report.
+    let mut p = Pipeline::default();
+    p.swallow_close();
+    assert_eq!(p.on_message(b'3'), Disposition::Swallow);
+    assert!(!p.take_skipped_close());
+}
