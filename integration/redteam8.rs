@@ -352,7 +352,6 @@ async fn clients_of_a_tenant_sharing_a_copy_keep_their_search_paths() {
 /// (drivers describe blindly, even their ROLLBACK); the copy's Parse there fails with
 /// 25P02 instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (low): a copy needed by a Describe in an aborted transaction fails with 25P02; directly a no-rows statement is described"]
 async fn finding_describe_in_an_aborted_transaction_needs_no_parse() {
     let env = env(2).await;
     let hold = Servers::new(&env).await;

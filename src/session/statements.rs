@@ -26,6 +26,9 @@ pub(super) struct Copies {
     pub compared: Option<(Arc<Statement>, bool)>,
 }
 
+/// NoData.
+const NO_DATA: &[u8] = b"n\0\0\0\x04";
+
 /// SQLSTATE and message of PostgreSQL for a statement whose result DDL changed, and
 /// where it says it comes from (asyncpg re-prepares on `R` = RevalidateCachedQuery,
 /// treating any other 0A000 as a plain error).
@@ -191,6 +194,9 @@ impl Session<'_> {
             return None; // compared just now
         }
         let shape = stmt.shape.get()?.clone();
+        if tag == fe::DESCRIBE && shape.columns.is_none() {
+            return None; // answered from its shape (`statement_target`)
+        }
         let mut out = BytesMut::new();
         let server = &mut self.server_mut().statements;
         match server.get(&stmt.server_name) {
@@ -338,6 +344,16 @@ impl Session<'_> {
             self.pipeline.client(reply);
             return Ok(None);
         };
+        if let Some(shape) = stmt.shape.get().filter(|s| s.columns.is_none()) {
+            // A statement that returns no rows is described without the catalog (also
+            // in an aborted transaction, or after its table was dropped): its parameter
+            // types and NoData, as PostgreSQL answers, with no copy needed.
+            let mut described = BytesMut::new();
+            protocol::put_parameter_description(&mut described, &shape.params);
+            described.extend_from_slice(NO_DATA);
+            self.pipeline.synthetic(described);
+            return Ok(Some(BytesMut::new()));
+        }
         let mut out = BytesMut::new();
         self.ensure_statement(&stmt, &mut out);
         prepared::put_statement_message(&mut out, fe::DESCRIBE, &stmt.server_name);
