@@ -5,9 +5,7 @@
 //!
 //! Every test compares the raw replies through rlsgate (transaction pooling, one or two
 //! servers) with those of a direct connection given the same messages. Tests named
-//! `finding_*` failed on e419388; the first three pass since the fix below, the two
-//! still ignored are known limits (README "Known limits"); the others are attacks that
-//! held.
+//! `finding_*` failed on e419388; all pass since the fixes below; the others are attacks that held.
 //!
 //! The findings:
 //! - A Close the proxy queues ahead of its own Parse (a re-prepare of a name the server
@@ -24,6 +22,9 @@
 //!   PostgreSQL describes a statement that returns no rows.
 //! - A `DISCARD ALL` / `DEALLOCATE ALL` that does not run (inside a transaction block, or
 //!   behind an error in the same Query) drops the client's statements all the same.
+//!   Fixed: the Query's pipeline entry holds them until its CommandComplete shows it ran
+//!   (`Expect::Deallocating`).
+//! - Fixed too: a no-rows statement's Describe is answered from its shape.
 
 use std::time::Duration;
 
@@ -382,7 +383,6 @@ async fn finding_describe_in_an_aborted_transaction_needs_no_parse() {
 /// proxy drops them as the text goes by (`Effect::DeallocateAll`), so the next run of
 /// `s1` fails with 26000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (low): a DISCARD ALL / DEALLOCATE ALL that does not run still drops the client's statements (26000 afterwards)"]
 async fn finding_a_deallocate_that_did_not_run_keeps_the_statements() {
     let env = env(1).await;
     let mut a = Raw::connect(env.port(), "a", &env.token("acme")).await;
@@ -402,6 +402,17 @@ async fn finding_a_deallocate_that_did_not_run_keeps_the_statements() {
     assert_eq!(dd, ["2", "D", "C", "Z I"], "directly");
     assert_eq!(t, dd, "s1 is still there");
     assert_eq!(data_rows(&msgs), [["42"]]);
+    // One that runs takes them, also when the Query fails after it (it is not
+    // transactional), and a name freed so is prepared again, as directly.
+    for m in ["DEALLOCATE ALL; SELECT 1/0", "DISCARD ALL"] {
+        let (t, dd, _) = both(&mut a, &mut d, &query(m), 1).await;
+        assert_eq!(t, dd, "{m}");
+        let (t, dd, _) = both(&mut a, &mut d, &run("s1"), 1).await;
+        assert!(dd[0].starts_with("E 26000"), "directly: {dd:?}");
+        assert_eq!(t, dd, "{m}: s1 is gone");
+        let (t, dd, _) = both(&mut a, &mut d, &prepare("s1", "SELECT 42"), 1).await;
+        assert_eq!(t, dd, "{m}: prepared again");
+    }
 }
 
 /// A statement whose copy is needed (DDL changed it; another client of the tenant holds

@@ -46,7 +46,11 @@ impl Session<'_> {
             fe::QUERY => {
                 // A simple Query destroys the unnamed statement.
                 self.unnamed = None;
-                let replacement = match self.check_sql(tag, start, end) {
+                let checked = self.check_sql(tag, start, end);
+                // A DEALLOCATE ALL / DISCARD ALL took the statements out: they come back
+                // if it does not run (refused, an error before it, a transaction block).
+                let deallocated = self.statements.take_deallocated();
+                let replacement = match checked {
                     Checked::Forward if txn => {
                         if let Some(out) = self.deallocate_protocol_statement(start, end) {
                             return Ok(Some(out));
@@ -54,15 +58,28 @@ impl Session<'_> {
                         None
                     }
                     Checked::Forward => None,
-                    Checked::Replace(bytes) => return Ok(Some(bytes)),
+                    Checked::Replace(bytes) => {
+                        for (name, stmt) in deallocated {
+                            self.statements.restore(name, stmt);
+                        }
+                        return Ok(Some(bytes));
+                    }
                     Checked::Rewrite(bytes) => Some(bytes),
                 };
-                self.pipeline.client(Reply::UntilReady);
+                if deallocated.is_empty() {
+                    self.pipeline.client(Reply::UntilReady);
+                } else {
+                    self.pipeline.deallocating(deallocated);
+                }
                 Ok(replacement)
             }
             fe::PARSE => {
                 self.extended_open = true;
-                let rewritten = match self.check_sql(tag, start, end) {
+                let checked = self.check_sql(tag, start, end);
+                // Prepared, not run yet: taken as run (what the server holds is no
+                // longer known either way).
+                drop(self.statements.take_deallocated());
+                let rewritten = match checked {
                     Checked::Forward => None,
                     Checked::Rewrite(bytes) => Some(bytes),
                     Checked::Replace(bytes) => return Ok(Some(bytes)),
@@ -268,7 +285,7 @@ impl Session<'_> {
                 Effect::Reset(name) if idle => self.ctx.forget(name),
                 Effect::ResetAll if idle => self.ctx.forget_all(),
                 Effect::DeallocateAll => {
-                    self.statements.clear();
+                    self.statements.deallocate_all();
                     // Whether it ran is known only later (DISCARD ALL fails inside a
                     // transaction block): what the server holds is no longer known.
                     self.server_mut().statements.forget_all();

@@ -73,6 +73,11 @@ enum Expect {
     /// Not a reply: the client's CopyDone/CopyFail, sent before the server's
     /// CopyInResponse arrived (Syncs queued before it are ignored by the server).
     CopyEnd,
+    /// The client's simple Query that deallocates every statement (`DEALLOCATE ALL`,
+    /// `DISCARD ALL`), answered like any Query; the statements it takes away come back
+    /// if it does not run (its CommandComplete not seen: an error before it, a
+    /// transaction block, skipped after an extended error).
+    Deallocating(Vec<(String, Arc<Statement>)>, bool),
     /// The proxy's Describe of a client statement (ParameterDescription, then
     /// RowDescription or NoData): consumed, and read for the statement's shape.
     Shape(Arc<Statement>, Described),
@@ -177,6 +182,7 @@ impl Pipeline {
                 }
                 Expect::Synthetic(_, Some(closed)) => self.unclosed.push(closed),
                 Expect::SwallowOne(Reply::Close, _) => self.skipped_close = true,
+                Expect::Deallocating(stmts, _) => self.unclosed.extend(stmts),
                 _ => {}
             }
             return false;
@@ -282,6 +288,19 @@ impl Pipeline {
         extras: ErrorExtras,
     ) {
         self.push(Expect::Refused(reply, code, message, extras));
+    }
+
+    /// The client's simple Query that deallocates `stmts` (see `Expect::Deallocating`).
+    pub fn deallocating(&mut self, stmts: Vec<(String, Arc<Statement>)>) {
+        self.push(Expect::Deallocating(stmts, false));
+    }
+
+    /// A CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL`: the Query answered now
+    /// ran it.
+    pub fn deallocated(&mut self) {
+        if let Some(Expect::Deallocating(_, ran)) = self.q.front_mut() {
+            *ran = true;
+        }
     }
 
     /// The client's Parse of its named statement `stmt`.
@@ -422,9 +441,11 @@ impl Pipeline {
             Expect::Refused(_, code, message, extras) if tag == be::ERROR_RESPONSE => {
                 Disposition::Refuse(code, message.clone(), extras)
             }
-            Expect::Client(..) | Expect::Refused(..) | Expect::Synthetic(..) | Expect::CopyEnd => {
-                Disposition::Forward
-            }
+            Expect::Client(..)
+            | Expect::Refused(..)
+            | Expect::Synthetic(..)
+            | Expect::CopyEnd
+            | Expect::Deallocating(..) => Disposition::Forward,
             Expect::Proxy { critical, .. } if tag == be::ERROR_RESPONSE => {
                 Disposition::ProxyError {
                     critical: *critical,
@@ -469,6 +490,12 @@ impl Pipeline {
                 r.is_terminal(tag)
             }
             Some(Expect::Shape(..)) => Reply::Describe.is_terminal(tag),
+            Some(Expect::Deallocating(..)) if tag == be::READY_FOR_QUERY => {
+                if let Some(Expect::Deallocating(stmts, false)) = self.q.pop_front() {
+                    self.unclosed.extend(stmts);
+                }
+                false
+            }
             Some(Expect::Proxy { .. }) => tag == be::READY_FOR_QUERY,
             _ => false,
         };
@@ -486,6 +513,7 @@ impl Pipeline {
         match self.q.front() {
             None => {} // unsolicited
             Some(Expect::Client(r, _) | Expect::Refused(r, ..)) if r.ends_at_ready() => {}
+            Some(Expect::Deallocating(..)) => {}
             Some(Expect::Proxy { .. }) => {}
             Some(_) => {
                 while let Some(e) = self.q.front() {
@@ -510,6 +538,7 @@ impl Pipeline {
                         }
                         Some(Expect::Synthetic(_, Some(closed))) => self.unclosed.push(closed),
                         Some(Expect::SwallowOne(Reply::Close, _)) => self.skipped_close = true,
+                        Some(Expect::Deallocating(stmts, _)) => self.unclosed.extend(stmts),
                         _ => {}
                     }
                 }

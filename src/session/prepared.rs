@@ -128,6 +128,8 @@ pub struct ClientStatements {
     /// Recently forgotten (client name, server name) pairs: a message pipelined behind a
     /// Parse that failed may still name the server name in its error.
     forgotten: std::collections::VecDeque<(String, String)>,
+    /// Taken out by a `DEALLOCATE ALL` whose outcome is not known yet.
+    deallocated: Vec<(String, Arc<Statement>)>,
 }
 
 /// Forgotten names kept for error messages.
@@ -140,6 +142,7 @@ impl ClientStatements {
             namer,
             tenant: tenant.to_owned(),
             forgotten: Default::default(),
+            deallocated: Vec::new(),
         }
     }
 
@@ -193,6 +196,18 @@ impl ClientStatements {
 
     pub fn clear(&mut self) {
         self.map.clear();
+    }
+
+    /// Takes every statement out for a `DEALLOCATE ALL` on its way; they wait in
+    /// [`ClientStatements::take_deallocated`] (restored if it does not run).
+    pub fn deallocate_all(&mut self) {
+        let all: Vec<_> = self.map.drain().collect();
+        self.deallocated.extend(all);
+    }
+
+    /// The statements the last `DEALLOCATE ALL` took out.
+    pub fn take_deallocated(&mut self) -> Vec<(String, Arc<Statement>)> {
+        std::mem::take(&mut self.deallocated)
     }
 
     /// Forgets `stmt` (its Parse failed), unless the name was parsed again since.

@@ -186,6 +186,12 @@ impl Session<'_> {
                             )
                             .unwrap_or(TxStatus::Failed);
                         }
+                        be::COMMAND_COMPLETE => {
+                            let tag = msg.get(protocol::HEADER_LEN..).unwrap_or_default();
+                            if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
+                                self.pipeline.deallocated();
+                            }
+                        }
                         be::ERROR_RESPONSE => {
                             let f = protocol::parse_error_fields(msg);
                             self.server_fatal |= f.severity == "FATAL" || f.severity == "PANIC";

@@ -399,3 +399,28 @@ fn a_skipped_proxy_close_is_reported_once() {
     assert_eq!(p.on_message(b'3'), Disposition::Swallow);
     assert!(!p.take_skipped_close());
 }
+
+#[test]
+fn a_deallocate_all_that_did_not_run_gives_the_statements_back() {
+    let s = statement("SELECT 1");
+    // Ran: its CommandComplete came; nothing back.
+    let mut p = Pipeline::default();
+    p.deallocating(vec![("s1".into(), s.clone())]);
+    assert_eq!(p.on_message(b'C'), Disposition::Forward);
+    p.deallocated();
+    assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+    assert!(p.take_unclosed().is_empty() && p.is_empty());
+    // Failed before it: back at its ReadyForQuery.
+    let mut p = Pipeline::default();
+    p.deallocating(vec![("s1".into(), s.clone())]);
+    assert_eq!(p.on_message(b'E'), Disposition::Forward);
+    assert!(p.take_unclosed().is_empty(), "not before its ReadyForQuery");
+    assert_eq!(p.on_message(b'Z'), Disposition::Forward);
+    assert_eq!(p.take_unclosed().len(), 1);
+    // Skipped behind an extended error: back at once.
+    let mut p = Pipeline::default();
+    p.client(Reply::Bind);
+    p.deallocating(vec![("s1".into(), s)]);
+    assert_eq!(p.on_message(b'E'), Disposition::Forward);
+    assert_eq!(p.take_unclosed().len(), 1);
+}
