@@ -287,3 +287,44 @@ async fn finding_executing_a_named_deallocate_all_keeps_the_statements() {
     assert!(dd[0].starts_with("E 26000"), "directly: {dd:?}");
     assert_eq!(t, dd, "dd deallocated itself");
 }
+
+/// The no-rows Describe answered from the shape, in pipelines: behind an extended error
+/// in the same write (skipped, no reply, as directly), behind a `DEALLOCATE ALL` that
+/// runs (26000), behind a Close of the name and a Parse of a row-returning text under it
+/// (described by the server), and in an aborted transaction (NoData, as directly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_rows_describe_in_pipelines_answers_as_directly() {
+    let env = env(1).await;
+    let mut a = Raw::connect(env.port(), "a", &env.token("acme")).await;
+    let mut d = direct(&env).await;
+    let ins = "INSERT INTO shapes (id, v) VALUES ($1, $2)";
+    same(&mut a, &mut d, &prepare("ins", ins), 1, "prepare").await;
+    // Behind an error.
+    let mut m = BytesMut::new();
+    parse(&mut m, "", "SELECT no_such_column FROM shapes");
+    frontend::describe(b'S', "ins", &mut m).unwrap();
+    same(&mut a, &mut d, &sync(m), 1, "behind an error").await;
+    // Re-parsed under the same name with rows, in one write.
+    let mut m = BytesMut::new();
+    frontend::close(b'S', "ins", &mut m).unwrap();
+    parse(&mut m, "ins", "SELECT 1 AS x");
+    frontend::describe(b'S', "ins", &mut m).unwrap();
+    let (t, dd, _, _) = both(&mut a, &mut d, &sync(m), 1).await;
+    assert_eq!(dd, ["3", "1", "t", "T", "Z I"], "directly");
+    assert_eq!(t, dd, "re-parsed");
+    let mut m = BytesMut::new();
+    frontend::close(b'S', "ins", &mut m).unwrap();
+    same(&mut a, &mut d, &sync(m), 1, "close").await;
+    same(&mut a, &mut d, &prepare("ins", ins), 1, "prepare again").await;
+    // Aborted transaction.
+    same(&mut a, &mut d, &query("BEGIN"), 1, "begin").await;
+    same(&mut a, &mut d, &query("SELECT 1/0"), 1, "abort").await;
+    same(&mut a, &mut d, &describe_s("ins"), 1, "aborted").await;
+    same(&mut a, &mut d, &query("ROLLBACK"), 1, "rollback").await;
+    // Behind a DEALLOCATE ALL that runs, same write.
+    let mut m = query("DEALLOCATE ALL");
+    m.extend_from_slice(&describe_s("ins"));
+    let (t, dd, _, _) = both(&mut a, &mut d, &m, 2).await;
+    assert!(dd[2].starts_with("E 26000"), "directly: {dd:?}");
+    assert_eq!(t, dd, "behind DEALLOCATE ALL");
+}
