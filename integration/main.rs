@@ -33,6 +33,7 @@ mod redteam5;
 mod redteam6;
 mod redteam7;
 mod redteam8;
+mod redteam9;
 mod restart;
 mod sealed;
 mod security;
