@@ -307,7 +307,7 @@ impl Session<'_> {
     /// server, read the client (only when nothing is queued for the server, which gives
     /// backpressure), or shutdown.
     ///
-    /// Without `cancelled` (the wait for a statement copy, `await_copy`) the client is
+    /// Without `cancelled` (`await_server`: a statement copy, a DEALLOCATE ALL) the client is
     /// not read and shutdown waits for the server's answer.
     async fn next_event(
         &mut self,
@@ -422,7 +422,7 @@ impl Session<'_> {
                 self.queue(start);
                 self.to_server.extend_from_slice(&copy);
                 self.extended_open = true;
-                self.await_copy().await?;
+                self.await_server(Pipeline::comparing).await?;
                 pos = 0;
                 continue;
             }
@@ -460,6 +460,14 @@ impl Session<'_> {
                 }
             }
             self.after_accounting()?;
+            if self.pipeline.deallocating_pending() {
+                // A DEALLOCATE ALL / DISCARD ALL (and the re-applied context behind it):
+                // what follows waits for its outcome (are the client's statements still
+                // there?), as directly.
+                self.queue(pos);
+                pos = 0;
+                self.await_server(Pipeline::deallocating_pending).await?;
+            }
         }
         if pos > 0 {
             if self.server.is_none() {
@@ -471,10 +479,10 @@ impl Session<'_> {
         Ok(false)
     }
 
-    /// Sends what is queued and reads the server until the copy's Describe is answered
-    /// (or skipped, after an earlier error): the client's messages wait behind it.
-    async fn await_copy(&mut self) -> Result<(), ClientError> {
-        while self.pipeline.comparing() {
+    /// Sends what is queued and reads the server while `pending` (a copy's Describe, a
+    /// DEALLOCATE ALL, not answered or skipped yet): the client's messages wait behind it.
+    async fn await_server(&mut self, pending: fn(&Pipeline) -> bool) -> Result<(), ClientError> {
+        while pending(&self.pipeline) {
             // Writes and reads together: the server may be sending replies to what came
             // before while it reads the rest.
             match self.next_event(None).await? {

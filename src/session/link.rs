@@ -252,6 +252,11 @@ impl Session<'_> {
                 }
             };
         }
+        if protocol < obj.statements.len() {
+            // Fewer than rlsgate made: the client's transaction deallocated them (a
+            // dynamic DEALLOCATE ALL), and its own statements are gone, as directly.
+            self.statements.clear();
+        }
         if protocol != obj.statements.len() {
             obj.statements.forget_all();
         }

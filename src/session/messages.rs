@@ -76,9 +76,11 @@ impl Session<'_> {
             fe::PARSE => {
                 self.extended_open = true;
                 let checked = self.check_sql(tag, start, end);
-                // Prepared, not run yet: taken as run (what the server holds is no
-                // longer known either way).
-                drop(self.statements.take_deallocated());
+                // Prepared, not run: the statements go when an Execute of it completes
+                // (`replies.rs`); what the server holds is no longer known either way.
+                for (name, stmt) in self.statements.take_deallocated() {
+                    self.statements.restore(name, stmt);
+                }
                 let rewritten = match checked {
                     Checked::Forward => None,
                     Checked::Rewrite(bytes) => Some(bytes),

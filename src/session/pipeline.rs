@@ -296,11 +296,19 @@ impl Pipeline {
     }
 
     /// A CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL`: the Query answered now
-    /// ran it.
-    pub fn deallocated(&mut self) {
+    /// ran it. False when no such Query is being answered (an extended Execute ran one).
+    pub fn deallocated(&mut self) -> bool {
         if let Some(Expect::Deallocating(_, ran)) = self.q.front_mut() {
             *ran = true;
+            return true;
         }
+        false
+    }
+
+    /// True while a `DEALLOCATE ALL` Query is unanswered (the session holds the client's
+    /// later messages until its outcome is known).
+    pub fn deallocating_pending(&self) -> bool {
+        self.q.iter().any(|e| matches!(e, Expect::Deallocating(..)))
     }
 
     /// The client's Parse of its named statement `stmt`.

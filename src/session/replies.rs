@@ -188,8 +188,14 @@ impl Session<'_> {
                         }
                         be::COMMAND_COMPLETE => {
                             let tag = msg.get(protocol::HEADER_LEN..).unwrap_or_default();
-                            if tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0" {
-                                self.pipeline.deallocated();
+                            if (tag == b"DEALLOCATE ALL\0" || tag == b"DISCARD ALL\0")
+                                && !self.pipeline.deallocated()
+                            {
+                                // An extended Execute of one: the statements are gone
+                                // now, as directly (the server's record was made
+                                // uncertain when its text was parsed).
+                                self.statements.clear();
+                                statements.forget_all();
                             }
                         }
                         be::ERROR_RESPONSE => {

@@ -347,10 +347,13 @@ impl Session<'_> {
             self.pipeline.client(reply);
             return Ok(None);
         };
-        if let Some(shape) = stmt.shape.get().filter(|s| s.columns.is_none()) {
+        let clean = self.server.as_ref().is_some_and(|s| !s.dirty);
+        if let Some(shape) = stmt.shape.get().filter(|s| clean && s.columns.is_none()) {
             // A statement that returns no rows is described without the catalog (also
             // in an aborted transaction, or after its table was dropped): its parameter
-            // types and NoData, as PostgreSQL answers, with no copy needed.
+            // types and NoData, as PostgreSQL answers, with no copy needed. Not once the
+            // transaction ran what rlsgate cannot see (a dynamic DEALLOCATE ALL): the
+            // server answers.
             let mut described = BytesMut::new();
             protocol::put_parameter_description(&mut described, &shape.params);
             described.extend_from_slice(NO_DATA);
