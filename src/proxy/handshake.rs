@@ -18,7 +18,7 @@ use pgwire::api::{ClientInfo, DefaultClient, PgWireConnectionState};
 use pgwire::error::PgWireResult;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::tokio::server::{MaybeTls, PgWireMessageServerCodec};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::Framed;
 
@@ -189,6 +189,7 @@ pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Acce
     driver
         .begin_authentication(&mut framed, factory.create())
         .await?;
+    check_length(&mut framed).await?;
     let message = match framed.next().await {
         Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => m,
         Some(Ok(_)) => return fail(framed, ClientError::Auth(AuthError::Empty)).await,
@@ -231,7 +232,68 @@ pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Acce
     })))
 }
 
+/// Refuses a next message whose length field is below 4 before pgwire decodes it:
+/// pgwire 0.42 computes `length - 4` unchecked, so a password message `p\0\0\0\0`
+/// panicked the handshake task (found by the `startup` fuzz target).
+async fn check_length(framed: &mut ClientFramed) -> Result<(), ClientError> {
+    while framed.read_buffer().len() < protocol::HEADER_LEN {
+        let mut more = [0u8; protocol::HEADER_LEN];
+        let want = protocol::HEADER_LEN - framed.read_buffer().len();
+        let n = framed.get_mut().read(&mut more[..want]).await?;
+        if n == 0 {
+            return Ok(()); // end of stream: pgwire reports it
+        }
+        framed.read_buffer_mut().extend_from_slice(&more[..n]);
+    }
+    let b = framed.read_buffer();
+    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+    if len < 4 {
+        return Err(ClientError::Protocol(format!("invalid message length {len}")));
+    }
+    Ok(())
+}
+
 /// Sends the FATAL ErrorResponse for `err` and returns it.
 async fn fail(mut framed: ClientFramed, err: ClientError) -> Result<Accepted, ClientError> {
     Err(crate::session::error::fatal(framed.get_mut(), err).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JwtConfig;
+
+    /// The `startup` fuzz target's crash: a password message with length 0.
+    #[tokio::test]
+    async fn password_message_shorter_than_its_length_field_is_refused() {
+        std::env::set_var("RLSGATE_TEST_HANDSHAKE_SECRET", "x".repeat(32));
+        let verifier = JwtVerifier::from_config(&JwtConfig {
+            secret_env: Some("RLSGATE_TEST_HANDSHAKE_SECRET".into()),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let cfg = HandshakeConfig {
+            tls_mode: TlsMode::Prefer,
+            acceptor: None,
+            allow_plaintext_auth: false,
+            database: "app".into(),
+            verifier: Arc::new(verifier),
+        };
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut startup = vec![0, 3, 0, 0];
+        for s in ["user", "alice", "database", "app", ""] {
+            startup.extend_from_slice(s.as_bytes());
+            startup.push(0);
+        }
+        let mut input = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        input.extend_from_slice(&startup);
+        input.extend_from_slice(b"p\0\0\0\0");
+        client.write_all(&input).await.unwrap();
+        client.shutdown().await.unwrap();
+        match handshake(Incoming::Unix(server), &cfg).await {
+            Err(ClientError::Protocol(m)) => assert_eq!(m, "invalid message length 0"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("accepted a malformed password message"),
+        }
+    }
 }
