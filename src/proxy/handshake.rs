@@ -18,7 +18,7 @@ use pgwire::api::{ClientInfo, DefaultClient, PgWireConnectionState};
 use pgwire::error::PgWireResult;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::tokio::server::{MaybeTls, PgWireMessageServerCodec};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::codec::Framed;
 
@@ -189,6 +189,9 @@ pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Acce
     driver
         .begin_authentication(&mut framed, factory.create())
         .await?;
+    if !password_header(&mut framed).await? {
+        return fail(framed, ClientError::Auth(AuthError::Empty)).await;
+    }
     let message = match framed.next().await {
         Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => m,
         Some(Ok(_)) => return fail(framed, ClientError::Auth(AuthError::Empty)).await,
@@ -231,7 +234,87 @@ pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Acce
     })))
 }
 
+/// Looks at the next message's header before pgwire decodes it: `false` when it is not
+/// a password message (refused like before), an error when its length field is below 4.
+/// pgwire 0.42 decodes whatever message comes fully and panics on malformed ones (a
+/// password message `p\0\0\0\0` underflows `length - 4`, a short Parse advances past
+/// its end: both found by the `startup` fuzz target); only the password family, which
+/// it takes as raw bytes, is safe to hand it.
+async fn password_header(framed: &mut ClientFramed) -> Result<bool, ClientError> {
+    while framed.read_buffer().len() < protocol::HEADER_LEN {
+        let mut more = [0u8; protocol::HEADER_LEN];
+        let want = protocol::HEADER_LEN - framed.read_buffer().len();
+        let n = framed.get_mut().read(&mut more[..want]).await?;
+        if n == 0 {
+            return Ok(true); // end of stream: pgwire reports it
+        }
+        framed.read_buffer_mut().extend_from_slice(&more[..n]);
+    }
+    let b = framed.read_buffer();
+    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
+    if len < 4 {
+        return Err(ClientError::Protocol(format!(
+            "invalid message length {len}"
+        )));
+    }
+    Ok(b[0] == b'p')
+}
+
 /// Sends the FATAL ErrorResponse for `err` and returns it.
 async fn fail(mut framed: ClientFramed, err: ClientError) -> Result<Accepted, ClientError> {
     Err(crate::session::error::fatal(framed.get_mut(), err).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JwtConfig;
+
+    /// The `startup` fuzz target's crashes: pgwire panicked on a password message with
+    /// length 0 and on a truncated Parse sent instead of the password.
+    #[tokio::test]
+    async fn password_message_shorter_than_its_length_field_is_refused() {
+        std::env::set_var("RLSGATE_TEST_HANDSHAKE_SECRET", "x".repeat(32));
+        let verifier = JwtVerifier::from_config(&JwtConfig {
+            secret_env: Some("RLSGATE_TEST_HANDSHAKE_SECRET".into()),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let cfg = HandshakeConfig {
+            tls_mode: TlsMode::Prefer,
+            acceptor: None,
+            allow_plaintext_auth: false,
+            database: "app".into(),
+            verifier: Arc::new(verifier),
+        };
+        let mut startup = vec![0, 3, 0, 0];
+        for s in ["user", "alice", "database", "app", ""] {
+            startup.extend_from_slice(s.as_bytes());
+            startup.push(0);
+        }
+        let mut input = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        input.extend_from_slice(&startup);
+        for (next, refused) in [
+            (
+                &b"p\0\0\0\0"[..],
+                "protocol violation: invalid message length 0",
+            ),
+            // A Parse whose body ends inside its statement name.
+            (
+                &b"P\0\0\0\x05A"[..],
+                "authentication failed: no password supplied",
+            ),
+        ] {
+            let (mut client, server) = UnixStream::pair().unwrap();
+            client
+                .write_all(&[&input[..], next].concat())
+                .await
+                .unwrap();
+            client.shutdown().await.unwrap();
+            match handshake(Incoming::Unix(server), &cfg).await {
+                Err(e) => assert_eq!(e.to_string(), refused),
+                Ok(_) => panic!("accepted a malformed password message"),
+            }
+        }
+    }
 }

@@ -58,12 +58,14 @@ impl Policy {
         if !cfg.allow_large_objects {
             deny_relations.extend(super::LARGE_OBJECT_RELATIONS.map(str::to_owned));
         }
-        let owned_words = owned.iter().map(|n| squeeze(n)).collect();
-        let denied_words = deny_relations
-            .iter()
-            .cloned()
-            .chain(DENIED_FUNCTIONS.map(str::to_owned))
-            .collect();
+        let owned_words = by_specificity(owned.iter().map(|n| squeeze(n)).collect());
+        let denied_words = by_specificity(
+            deny_relations
+                .iter()
+                .cloned()
+                .chain(DENIED_FUNCTIONS.map(str::to_owned))
+                .collect(),
+        );
         Policy {
             owned,
             deny_relations,
@@ -121,10 +123,44 @@ pub(super) fn is_unsafe_encoding(value: &str) -> bool {
     crate::sql::encoding::allowed(value).is_err()
 }
 
+/// The heuristics' words in a fixed order, longest first: `mention` names the first
+/// word found, which must not depend on `HashSet` order (found by the `sql` fuzz target:
+/// a text with `pg_prepared_statements` was refused naming either it or
+/// `pg_prepared_statement`, varying between guards), and the longest is the one meant.
+fn by_specificity(mut words: Vec<String>) -> Vec<String> {
+    words.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    words.dedup();
+    words
+}
+
 /// Lower case, without double quotes and blanks.
 fn squeeze(text: &str) -> String {
     text.chars()
         .filter(|c| *c != '"' && !c.is_whitespace())
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reproduces the `sql` fuzz target's finding: the word named in a refusal was
+    /// whichever the `HashSet` of deny relations yielded first.
+    #[test]
+    fn mention_names_the_longest_word_whatever_the_set_order() {
+        let mut deny = crate::config::default_deny_relations();
+        deny.extend(["pg_prepared_statements", "pg_prepared_statement"].map(str::to_owned));
+        for _ in 0..20 {
+            let policy = Policy::new(&GuardConfig {
+                deny_relations: deny.clone(),
+                ..GuardConfig::default()
+            });
+            let text = "$\u{a7}\u{a7}]\u{a7}]pg_prepared_statements";
+            match policy.mention(text) {
+                Some(Mention::Relation(word)) => assert_eq!(word, "pg_prepared_statements"),
+                _ => panic!("no mention found"),
+            }
+        }
+    }
 }
