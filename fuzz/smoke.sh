@@ -8,6 +8,8 @@
 #   fuzz/smoke.sh                # every target, 25 s each
 #   fuzz/smoke.sh 300 sql jwt    # 5 minutes each for two targets (a "long run")
 #   KEEP=1 fuzz/smoke.sh ...     # keep the grown corpus in fuzz/target/smoke-corpus/
+#   FUZZ_DEV=1 fuzz/smoke.sh 8   # unoptimized build (CI: about half the build time;
+#                                # fewer executions per second, enough for a smoke)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,8 +29,11 @@ dict_for() {
     esac
 }
 
+profile=()
+[ -n "${FUZZ_DEV:-}" ] && profile=(--dev)
+
 start=$(date +%s)
-CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} cargo fuzz build -s none
+CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} cargo fuzz build -s none "${profile[@]}"
 echo "fuzz build: $(( $(date +%s) - start )) s"
 
 work=target/smoke-corpus
@@ -43,7 +48,7 @@ for t in "${targets[@]}"; do
     [ -n "$dict" ] && args+=(-dict="$dict")
     log="$work/$t.log"
     echo "== $t (${seconds} s)"
-    if cargo fuzz run -s none "$t" "$work/$t" "corpus/$t" -- "${args[@]}" >"$log" 2>&1; then
+    if cargo fuzz run -s none "${profile[@]}" "$t" "$work/$t" "corpus/$t" -- "${args[@]}" >"$log" 2>&1; then
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|DONE' "$log" | tail -3
     else
         echo "FAILED: $t (log: fuzz/$log, input: fuzz/artifacts/$t/)"
