@@ -189,8 +189,12 @@ pub async fn handshake(incoming: Incoming, cfg: &HandshakeConfig) -> Result<Acce
     driver
         .begin_authentication(&mut framed, factory.create())
         .await?;
-    if !password_header(&mut framed).await? {
-        return fail(framed, ClientError::Auth(AuthError::Empty)).await;
+    match password_header(&mut framed).await {
+        Ok(true) => {}
+        Ok(false) => return fail(framed, ClientError::Auth(AuthError::Empty)).await,
+        // The client is told why (08P01), as for any other malformed message.
+        Err(e @ ClientError::Protocol(_)) => return fail(framed, e).await,
+        Err(e) => return Err(e),
     }
     let message = match framed.next().await {
         Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => m,
@@ -315,6 +319,23 @@ mod tests {
                 Err(e) => assert_eq!(e.to_string(), refused),
                 Ok(_) => panic!("accepted a malformed password message"),
             }
+            // The client is told why: the FATAL ErrorResponse (08P01 / 28P01) is last.
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            let code = if refused.starts_with("protocol") {
+                "C08P01"
+            } else {
+                "C28P01"
+            };
+            let at = got
+                .iter()
+                .rposition(|b| *b == b'E')
+                .expect("an ErrorResponse");
+            let fatal = String::from_utf8_lossy(&got[at..]);
+            assert!(
+                fatal.contains("SFATAL") && fatal.contains(code),
+                "{fatal:?}"
+            );
         }
     }
 }
