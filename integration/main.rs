@@ -34,6 +34,7 @@ mod redteam6;
 mod redteam7;
 mod redteam8;
 mod redteam9;
+mod redteam10;
 mod restart;
 mod sealed;
 mod security;
