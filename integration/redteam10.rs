@@ -101,7 +101,6 @@ async fn same(a: &mut Raw, d: &mut Raw, bytes: &BytesMut, syncs: usize, what: &s
 /// without reading the client (`await_server(Pipeline::deallocating_pending)`): the
 /// CopyData is never read, neither side moves (deadlock, server held).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a COPY FROM STDIN behind DEALLOCATE ALL in one Query deadlocks the session"]
 async fn finding_copy_from_stdin_behind_deallocate_all_deadlocks() {
     let env = env(1).await;
     env.pg

@@ -308,7 +308,9 @@ impl Pipeline {
     /// True while a `DEALLOCATE ALL` Query is unanswered (the session holds the client's
     /// later messages until its outcome is known).
     pub fn deallocating_pending(&self) -> bool {
-        self.q.iter().any(|e| matches!(e, Expect::Deallocating(..)))
+        // Not once a COPY FROM STDIN runs (the Query's text went on to one): the server
+        // now waits for the client's data.
+        !self.copy_active && self.q.iter().any(|e| matches!(e, Expect::Deallocating(..)))
     }
 
     /// The client's Parse of its named statement `stmt`.
