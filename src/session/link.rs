@@ -83,6 +83,7 @@ impl Session<'_> {
     /// (and the client's own settings when they differ), ahead of the client's bytes.
     pub(super) async fn bind(&mut self) -> Result<(), ClientError> {
         let mut obj = self.state.pool.checkout().await?;
+        self.statements.transaction_started();
         let held = crate::sql::encoding::of_settings(self.ctx.client_settings(), &self.ctx.replay);
         self.encoding.on_bind(held, obj.params()); // encoding
                                                    // Whatever unnamed statement this server holds is not the client's.
@@ -254,8 +255,9 @@ impl Session<'_> {
         }
         if protocol < obj.statements.len() {
             // Fewer than rlsgate made: the client's transaction deallocated them (a
-            // dynamic DEALLOCATE ALL), and its own statements are gone, as directly.
-            self.statements.clear();
+            // dynamic DEALLOCATE ALL), and its own statements are gone, as directly
+            // (but those parsed in the transaction, maybe after it).
+            self.statements.clear_before_transaction();
         }
         if protocol != obj.statements.len() {
             obj.statements.forget_all();

@@ -130,6 +130,8 @@ pub struct ClientStatements {
     forgotten: std::collections::VecDeque<(String, String)>,
     /// Taken out by a `DEALLOCATE ALL` whose outcome is not known yet.
     deallocated: Vec<(String, Arc<Statement>)>,
+    /// The first statement id of the current transaction.
+    transaction_from: u64,
 }
 
 /// Forgotten names kept for error messages.
@@ -143,6 +145,7 @@ impl ClientStatements {
             tenant: tenant.to_owned(),
             forgotten: Default::default(),
             deallocated: Vec::new(),
+            transaction_from: 0,
         }
     }
 
@@ -203,6 +206,19 @@ impl ClientStatements {
     pub fn deallocate_all(&mut self) {
         let all: Vec<_> = self.map.drain().collect();
         self.deallocated.extend(all);
+    }
+
+    /// A server was bound for a transaction: statements parsed from now on are this
+    /// transaction's (see [`ClientStatements::clear_before_transaction`]).
+    pub fn transaction_started(&mut self) {
+        self.transaction_from = NEXT_ID.load(Ordering::Relaxed);
+    }
+
+    /// A dynamic `DEALLOCATE ALL` ran in the transaction: the statements parsed before
+    /// it began are gone (those parsed in it may have come after it, and stay).
+    pub fn clear_before_transaction(&mut self) {
+        let from = self.transaction_from;
+        self.map.retain(|_, s| s.id >= from);
     }
 
     /// The statements the last `DEALLOCATE ALL` took out.
