@@ -26,37 +26,15 @@
 //!   (`Expect::Deallocating`).
 //! - Fixed too: a no-rows statement's Describe is answered from its shape.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use rlsgate::config::PoolMode;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{bind, data_rows, summarize, wait_for, Env, Raw, RawMessage};
 
 /// Transaction pooling over `size` servers, with a tenant table under forced RLS.
 async fn env(size: usize) -> Env {
-    let env = Env::with(|c| {
-        c.pool.mode = PoolMode::Transaction;
-        c.pool.size = size;
-        c.pool.acquire_timeout = Duration::from_secs(30);
-    })
-    .await;
-    env.pg
-        .psql(
-            "app",
-            "CREATE TABLE shapes (id int PRIMARY KEY, tenant_id text NOT NULL
-                 DEFAULT current_setting('app.current_tenant'), v int);
-             ALTER TABLE shapes OWNER TO app_owner;
-             ALTER TABLE shapes ENABLE ROW LEVEL SECURITY;
-             ALTER TABLE shapes FORCE ROW LEVEL SECURITY;
-             CREATE POLICY tenant ON shapes USING (tenant_id = (SELECT rlsgate.tenant()));
-             GRANT SELECT, INSERT, UPDATE, DELETE ON shapes TO app_rls;
-             INSERT INTO shapes VALUES (1, 'acme', 10), (2, 'acme', 20), (3, 'globex', 30);",
-        )
-        .unwrap();
-    env
+    crate::shapes::txn_env(size).await
 }
 
 fn parse(b: &mut BytesMut, name: &str, sql: &str) {

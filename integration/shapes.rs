@@ -26,7 +26,26 @@ async fn two_servers(mode: PoolMode) -> Env {
         c.pool.acquire_timeout = Duration::from_secs(30);
     })
     .await;
-    // A tenant table under forced RLS (the demo's pattern), granted to the proxy's role.
+    shapes_table(&env);
+    env
+}
+
+/// Transaction mode with `size` servers and the `shapes` table (the red-team passes on
+/// statement copies use it too).
+pub async fn txn_env(size: usize) -> Env {
+    let env = Env::with(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = size;
+        c.pool.acquire_timeout = Duration::from_secs(30);
+    })
+    .await;
+    shapes_table(&env);
+    env
+}
+
+/// A tenant table under forced RLS (the demo's pattern), granted to the proxy's role:
+/// rows 1 and 2 are acme's, row 3 globex's.
+fn shapes_table(env: &Env) {
     env.pg
         .psql(
             "app",
@@ -40,7 +59,6 @@ async fn two_servers(mode: PoolMode) -> Env {
              INSERT INTO shapes VALUES (1, 'acme', 10), (2, 'acme', 20), (3, 'globex', 30);",
         )
         .unwrap();
-    env
 }
 
 fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
